@@ -1,0 +1,532 @@
+"""From loaded conditions to the results dict that the report, results.json and summary.csv show.
+
+Each stage is analysed on its own: every variant against the stage's baseline. All resampling uses
+a generator seeded from (--seed, stage, variant, metric, purpose), so a number does not depend on
+which other metrics or stages were analysed, and the same inputs give the same results.
+"""
+import math
+import zlib
+
+import numpy as np
+
+from . import stats as st
+
+LOWER_BETTER = {"val_loss", "train_loss", "train_time_s", "wall_time_s", "peak_memory_mib",
+                "val_ppl", "grad_norm"}
+HIGHER_BETTER = {"tokens_per_s", "accuracy", "macro_accuracy"}
+METRIC_ORDER = ["val_loss", "val_ppl", "train_loss", "accuracy", "macro_accuracy", "train_time_s",
+                "wall_time_s", "tokens_per_s", "peak_memory_mib", "grad_norm", "embedding_norm",
+                "num_params"]
+# config keys that label a run rather than set a hyperparameter
+_NOT_HYPERPARAMETERS = {"seed", "out_dir", "run_dir", "output_dir", "log_dir", "resume", "variant",
+                        "name", "run_name", "run_id", "script", "save_every", "device",
+                        "input_bin", "input_val_bin", "data_dir"}
+
+
+def direction(metric):
+    """True: higher is better; False: lower is better; None: no direction."""
+    if metric in LOWER_BETTER:
+        return False
+    if metric in HIGHER_BETTER:
+        return True
+    return None
+
+
+def metric_sort_key(m):
+    return (METRIC_ORDER.index(m) if m in METRIC_ORDER else len(METRIC_ORDER), m)
+
+
+def rng_for(seed, *key):
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32("\x1f".join(map(str, key)).encode())])
+
+
+def parse_equivalence(specs):
+    """['train_time_s=1%', 'val_loss=0.005'] -> {metric: (value, is_percent)}; raises ValueError."""
+    out = {}
+    for spec in specs or []:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise ValueError(f"--equivalence {part!r}: expected METRIC=MARGIN, e.g. train_time_s=1% or val_loss=0.005")
+            metric, margin = (s.strip() for s in part.split("=", 1))
+            pct = margin.endswith("%")
+            try:
+                value = float(margin[:-1] if pct else margin)
+            except ValueError:
+                raise ValueError(f"--equivalence {part!r}: margin {margin!r} is not a number (absolute, or a percentage like 1%)")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"--equivalence {part!r}: the margin must be a positive number")
+            out[metric] = (value, pct)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# configs and sweeps
+# ---------------------------------------------------------------------------------------------
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = tuple(v) if all(not isinstance(x, (dict, list)) for x in v) else str(v)
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(s):
+    if not isinstance(s, str):
+        return s
+    low = s.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def overrides_of(experiment):
+    """Hyperparameter overrides recorded by the runner: a dict, or a list like
+    ['--lr', '0.002', '--batch_size=64'] / ['lr=0.002']."""
+    if not experiment:
+        return {}
+    raw = None
+    for key in ("overrides", "hyperparameter_overrides", "hyperparameters", "hparams"):
+        if key in experiment:
+            raw = experiment[key]
+            break
+    if isinstance(raw, dict):
+        return {k: _coerce(v) for k, v in _flatten(raw).items()}
+    if isinstance(raw, str):
+        raw = raw.split()
+    out = {}
+    if isinstance(raw, list):
+        i = 0
+        while i < len(raw):
+            tok = str(raw[i])
+            if "=" in tok:
+                k, v = tok.split("=", 1)
+                out[k.lstrip("-")] = _coerce(v)
+            elif tok.startswith("--") and i + 1 < len(raw) and not str(raw[i + 1]).startswith("--"):
+                out[tok[2:]] = _coerce(str(raw[i + 1]))
+                i += 1
+            elif tok.startswith("--"):
+                out[tok[2:]] = True
+            i += 1
+    return out
+
+
+def condition_config(cond):
+    """Hyperparameters of a condition: the configs its runs report (keys that vary between its own
+    runs, such as the seed, dropped) updated with the runner's overrides."""
+    configs = [_flatten(r.config) for r in cond.runs if r.config]
+    merged = {}
+    if configs:
+        keys = set().union(*configs)
+        for k in keys:
+            vals = {repr(c.get(k)) for c in configs if k in c}
+            if len(vals) == 1:
+                merged[k] = next(c[k] for c in configs if k in c)
+    merged.update(overrides_of(cond.experiment))
+    return {k: v for k, v in merged.items() if k not in _NOT_HYPERPARAMETERS}
+
+
+def _sort_value(v):
+    if isinstance(v, bool):
+        return (1, str(v))
+    if isinstance(v, (int, float)):
+        return (0, float(v))
+    return (1, str(v))
+
+
+def find_sweeps(configs):
+    """configs: {condition: config}. Returns [(param, {fixed params}, [conditions])]: groups of
+    conditions that differ in exactly one hyperparameter (>= 3 values, or >= 2 when the whole
+    stage differs in that one parameter only)."""
+    names = [n for n in configs if configs[n]]
+    if len(names) < 2:
+        return []
+    keys = sorted(set().union(*(configs[n].keys() for n in names)))
+    varying = [k for k in keys if len({repr(configs[n].get(k)) for n in names}) > 1]
+    sweeps = []
+    for k in varying:
+        others = [o for o in varying if o != k]
+        groups = {}
+        for n in names:
+            if k not in configs[n]:
+                continue
+            sig = tuple(repr(configs[n].get(o)) for o in others)
+            groups.setdefault(sig, []).append(n)
+        for sig, members in sorted(groups.items()):
+            values = {repr(configs[n][k]) for n in members}
+            if len(values) >= 3 or (len(values) >= 2 and not others):
+                members = sorted(members, key=lambda n: (_sort_value(configs[n][k]), n))
+                fixed = {o: configs[members[0]].get(o) for o in others}
+                sweeps.append((k, fixed, members))
+    return sweeps
+
+
+# ---------------------------------------------------------------------------------------------
+# per stage
+# ---------------------------------------------------------------------------------------------
+
+def _values(cond, metric):
+    runs = [r for r in cond.finished_runs if metric in r.metrics]
+    return np.array([r.metrics[metric] for r in runs]), runs
+
+
+def _seed_map(runs, metric):
+    out = {}
+    for r in runs:
+        if r.seed is not None and metric in r.metrics:
+            out.setdefault(r.seed, []).append(r.metrics[metric])
+    return {s: v[0] for s, v in out.items() if len(v) == 1}
+
+
+def compare(b_cond, v_cond, metric, settings, stage):
+    """Every statistic of one variant against the baseline on one metric."""
+    b, b_runs = _values(b_cond, metric)
+    v, v_runs = _values(v_cond, metric)
+    hb = direction(metric)
+    res = dict(variant=v_cond.name, baseline=b_cond.name, metric=metric, higher_better=hb,
+               n_b=len(b), n_v=len(v), mean_b=None, mean_v=None, diff=None, diff_pct=None,
+               better=None, testable=False, deterministic=False)
+    if len(b) == 0 or len(v) == 0:
+        return res
+    mb, mv = float(b.mean()), float(v.mean())
+    diff = mv - mb
+    res.update(mean_b=mb, mean_v=mv, diff=diff, diff_pct=100 * diff / abs(mb) if mb != 0 else None)
+    if hb is not None and diff != 0:
+        res["better"] = (diff > 0) == hb
+    key = (settings["seed"], stage, v_cond.name, metric)
+    R = settings["resamples"]
+    if len(b) < 2 or len(v) < 2:
+        return res
+    res["testable"] = True
+    if st.is_constant(b) and st.is_constant(v):
+        res["deterministic"] = True
+    res["welch"] = st.welch(b, v)
+    res["mann_whitney"] = st.mann_whitney(b, v)
+    res["permutation"] = st.permutation_test(b, v, rng_for(*key, "perm"), R)
+    res["effect"] = st.effect_size(b, v)
+    res["bootstrap"] = st.stratified_bootstrap(b, v, rng_for(*key, "boot"), R, hb)
+    res["levene"] = st.levene(b, v, center="median")
+    g = res["effect"]["g"]
+    g = abs(g) if g is not None else None
+    res["power"] = dict(effect=g, achieved=None, runs_needed=None)
+    if g is not None:
+        res["power"]["achieved"] = float(st.power_two_sample(g, len(b), len(v)))
+        res["power"]["runs_needed"] = st.runs_needed(g)
+    # paired: runs sharing a seed
+    sb, sv = _seed_map(b_runs, metric), _seed_map(v_runs, metric)
+    common = sorted(set(sb) & set(sv))
+    res["paired_seeds"] = common
+    res["fully_paired"] = bool(common) and len(common) == len(b) == len(v)
+    if len(common) >= 2:
+        pb = np.array([sb[s] for s in common])
+        pv = np.array([sv[s] for s in common])
+        pr = st.paired(pb, pv, rng_for(*key, "paired"), R)
+        if pr["dz"] is not None:
+            pr["power"] = float(st.power_paired(pr["dz"], len(common)))
+            pr["runs_needed"] = st.runs_needed(pr["dz"], paired_design=True)
+        res["paired"] = pr
+    # primary test: paired t when every run is paired, else Welch
+    if res["fully_paired"] and res.get("paired", {}).get("p_t") is not None:
+        res["primary"] = dict(test="paired t", p=res["paired"]["p_t"])
+    elif res["welch"]["p"] is not None:
+        res["primary"] = dict(test="Welch t", p=res["welch"]["p"])
+    # equivalence
+    eq = settings["equivalence"].get(metric)
+    if eq is not None:
+        m = eq[0] / 100 * abs(mb) if eq[1] else eq[0]
+        res["tost"] = dict(st.tost(b, v, -m, m), margin=m, margin_spec=f"{eq[0]:g}{'%' if eq[1] else ''}")
+    return res
+
+
+def _curve_block(conds, kind):
+    """Aligned curves of the finished runs of each condition: {cond: (grid, matrix, time matrix)}."""
+    out = {}
+    for c in conds:
+        runs = [r for r in c.finished_runs if getattr(r, kind) is not None]
+        if not runs:
+            continue
+        curves = [getattr(r, kind) for r in runs]
+        grid, mat = st.align([cv.steps for cv in curves], [cv.values for cv in curves])
+        tmat = None
+        if kind == "val":
+            _, tmat = st.align([cv.steps for cv in curves],
+                               [cv.times_ms if cv.times_ms is not None else np.full(len(cv.steps), np.nan)
+                                for cv in curves])
+        out[c.name] = (grid, mat, tmat, [r.name for r in runs])
+    return out
+
+
+def _on_grid(grid, mat, target_grid):
+    out = np.full((mat.shape[0], len(target_grid)), np.nan)
+    pos = np.searchsorted(target_grid, grid)
+    out[:, pos] = mat
+    return out
+
+
+def _nan_to_none(a):
+    return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, float)]
+
+
+def training_dynamics(conds, baseline, settings):
+    val = _curve_block(conds, "val")
+    train = _curve_block(conds, "train")
+    out = dict(val={}, train_available=sorted(train), gaps={}, time_to_target={}, iso_loss={},
+               speedrun={}, target=settings["target"])
+    for name, (grid, mat, tmat, runs) in val.items():
+        cnt, mean, sd = st.mean_sd(mat)
+        _, tmean, _ = st.mean_sd(tmat)
+        out["val"][name] = dict(steps=_nan_to_none(grid), n=[int(c) for c in cnt], mean=_nan_to_none(mean),
+                                sd=_nan_to_none(sd), time_s=_nan_to_none(tmean / 1000.0))
+        # time to target, per run
+        steps_mat = np.broadcast_to(grid, mat.shape)
+        at_step = st.first_crossing(steps_mat, mat, settings["target"])
+        at_time = st.first_crossing(tmat / 1000.0, mat, settings["target"])
+        reached = np.isfinite(at_step)
+        ttt = dict(n=len(runs), reached=int(reached.sum()),
+                   runs={r: dict(step=s, time_s=t) for r, s, t in zip(runs, _nan_to_none(at_step), _nan_to_none(at_time))})
+        for label, arr in (("step", at_step), ("time_s", at_time)):
+            a = arr[np.isfinite(arr)]
+            ttt[f"{label}_mean"] = float(a.mean()) if len(a) else None
+            ttt[f"{label}_sd"] = float(a.std(ddof=1)) if len(a) > 1 else None
+        out["time_to_target"][name] = ttt
+    for c in conds:
+        finals = np.array([r.metrics["val_loss"] for r in c.finished_runs if "val_loss" in r.metrics])
+        if len(finals):
+            out["speedrun"][c.name] = st.one_sample_less(finals, settings["target"])
+    if baseline is None or baseline not in val:
+        return out, val, train
+    bgrid, bmat, btmat, _ = val[baseline]
+    b_final = [r.metrics["val_loss"] for c in conds if c.name == baseline
+               for r in c.finished_runs if "val_loss" in r.metrics]
+    level = float(np.mean(b_final)) if b_final else None
+    _, bmean, _ = st.mean_sd(bmat)
+    _, btmean, _ = st.mean_sd(btmat)
+    for name, (grid, mat, tmat, _) in val.items():
+        if name == baseline:
+            continue
+        common = np.union1d(bgrid, grid)
+        gap, lo, hi = st.gap_ci(_on_grid(bgrid, bmat, common), _on_grid(grid, mat, common))
+        keep = np.isfinite(gap)
+        out["gaps"][name] = dict(steps=_nan_to_none(common[keep]), gap=_nan_to_none(gap[keep]),
+                                 low=_nan_to_none(lo[keep]), high=_nan_to_none(hi[keep]))
+        if level is None:
+            continue
+        _, vmean, _ = st.mean_sd(mat)
+        _, vtmean, _ = st.mean_sd(tmat)
+        b_step = st.first_crossing(bgrid, bmean, level)[0]
+        v_step = st.first_crossing(grid, vmean, level)[0]
+        b_time = st.first_crossing(btmean / 1000.0, bmean, level)[0]
+        v_time = st.first_crossing(vtmean / 1000.0, vmean, level)[0]
+        iso = dict(level=level, baseline_step=_nan_to_none([b_step])[0], variant_step=_nan_to_none([v_step])[0],
+                   baseline_time_s=_nan_to_none([b_time])[0], variant_time_s=_nan_to_none([v_time])[0],
+                   speedup_steps=None, speedup_time=None)
+        if iso["baseline_step"] and iso["variant_step"]:
+            iso["speedup_steps"] = iso["baseline_step"] / iso["variant_step"]
+        if iso["baseline_time_s"] and iso["variant_time_s"]:
+            iso["speedup_time"] = iso["baseline_time_s"] / iso["variant_time_s"]
+        out["iso_loss"][name] = iso
+    return out, val, train
+
+
+def _env_summary(runs):
+    keys = ["device", "gpus", "gpu_name", "torch", "cuda", "python", "git_commit", "git_dirty", "hostname"]
+    out = {}
+    for k in keys:
+        vals = sorted({repr(r.env.get(k)) for r in runs if k in r.env})
+        if vals:
+            out[k] = [eval_repr(v) for v in vals]
+    return out
+
+
+def eval_repr(s):
+    """Inverse of repr for the plain JSON scalars we store (str, int, float, bool, None)."""
+    import ast
+    try:
+        return ast.literal_eval(s)
+    except (ValueError, SyntaxError):
+        return s
+
+
+def analyse_stage(stage, conds, settings):
+    names = [c.name for c in conds]
+    baseline = settings["baseline"] if settings["baseline"] in names else None
+    notes = []
+    for c in conds:
+        notes.extend(c.notes)
+        for r in c.runs:
+            notes.extend(r.notes)
+    # metrics: requested, or every metric a finished run reports
+    found = sorted({m for c in conds for r in c.finished_runs for m in r.metrics}, key=metric_sort_key)
+    if settings["metrics"]:
+        metrics = [m for m in settings["metrics"] if m in found]
+        for m in settings["metrics"]:
+            if m not in found:
+                notes.append(f"metric {m!r} (from --metrics) is in no finished run of stage {stage}")
+    else:
+        metrics = found
+    if baseline is None and len(conds) > 1:
+        notes.append(f"stage {stage}: no condition named {settings['baseline']!r}, so no comparisons "
+                     f"(conditions: {', '.join(names)}; choose one with --baseline NAME)")
+    conditions, runs_table = [], []
+    configs = {}
+    for c in conds:
+        counts = {}
+        for r in c.runs:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        exp = c.experiment or {}
+        configs[c.name] = condition_config(c)
+        scripts = sorted({r.script for r in c.runs if r.script} | ({exp["script"]} if isinstance(exp.get("script"), str) else set()))
+        conditions.append(dict(
+            name=c.name, source=c.source, path=c.path, runs=len(c.runs), finished=len(c.finished_runs),
+            outcomes=counts, seeds=sorted(r.seed for r in c.runs if r.seed is not None),
+            finished_seeds=sorted(r.seed for r in c.finished_runs if r.seed is not None),
+            scripts=scripts, env=_env_summary(c.runs), config=configs[c.name],
+            command=exp.get("command") if isinstance(exp.get("command"), (str, list)) else None,
+            git_commit=exp.get("git_commit"), git_dirty=exp.get("git_dirty"),
+            nproc_per_node=exp.get("nproc_per_node"), nnodes=exp.get("nnodes"),
+            cuda_visible_devices=exp.get("CUDA_VISIBLE_DEVICES"), started=exp.get("start_time") or exp.get("started")))
+        for r in c.runs:
+            runs_table.append(dict(condition=c.name, name=r.name, seed=r.seed, status=r.status, outcome=r.outcome,
+                                   reason=r.reason, steps_completed=r.steps_completed, total_steps=r.total_steps,
+                                   metrics=dict(sorted(r.metrics.items()))))
+    descriptive, missing = {}, {}
+    for c in conds:
+        descriptive[c.name], missing[c.name] = {}, {}
+        for m in metrics:
+            vals, _ = _values(c, m)
+            descriptive[c.name][m] = st.describe(vals, rng_for(settings["seed"], stage, c.name, m, "describe"),
+                                                 settings["resamples"])
+            lacking = len(c.finished_runs) - len(vals)
+            if lacking:
+                missing[c.name][m] = lacking
+    comparisons = []
+    if baseline is not None:
+        bcond = next(c for c in conds if c.name == baseline)
+        for c in conds:
+            if c.name == baseline:
+                continue
+            for m in metrics:
+                comparisons.append(compare(bcond, c, m, settings, stage))
+    dynamics, val_curves, train_curves = training_dynamics(conds, baseline, settings)
+    sweeps = []
+    for param, fixed, members in find_sweeps(configs):
+        rows = []
+        sweep_metric = metrics[0] if metrics else None
+        for n in members:
+            cd = next(x for x in conditions if x["name"] == n)
+            d = descriptive[n].get(sweep_metric, {}) if sweep_metric else {}
+            cobj = next(x for x in conds if x.name == n)
+            ppl = [r.metrics.get("val_ppl", math.exp(r.metrics["val_loss"]) if "val_loss" in r.metrics and r.metrics["val_loss"] < 700 else None)
+                   for r in cobj.finished_runs]
+            ppl = [p for p in ppl if p is not None]
+            rt = [r.metrics.get("train_time_s", r.metrics.get("wall_time_s")) for r in cobj.finished_runs]
+            rt = [x for x in rt if x is not None]
+            reasons = sorted({r.reason for r in cobj.runs if not r.finished and r.reason})
+            rows.append(dict(value=configs[n][param], condition=n, runs=cd["runs"],
+                             finished=cd["outcomes"].get("finished", 0), diverged=cd["outcomes"].get("diverged", 0),
+                             crashed=cd["outcomes"].get("crashed", 0),
+                             other=cd["runs"] - sum(cd["outcomes"].get(k, 0) for k in ("finished", "diverged", "crashed")),
+                             metric_mean=d.get("mean"), metric_sd=d.get("std"),
+                             val_ppl=float(np.mean(ppl)) if ppl else None,
+                             runtime_s=float(np.mean(rt)) if rt else None, reasons=reasons))
+        sweeps.append(dict(param=param, fixed=fixed, metric=sweep_metric, rows=rows))
+    return dict(name=stage, baseline=baseline, conditions=conditions, runs=runs_table, metrics=metrics,
+                descriptive=descriptive, missing=missing, comparisons=comparisons, dynamics=dynamics,
+                sweeps=sweeps, notes=notes), (val_curves, train_curves)
+
+
+def apply_holm(stages, alpha=st.ALPHA):
+    """Holm-Bonferroni over the report's whole family: the primary test of every comparison x
+    metric, plus every equivalence (TOST) test. Writes p_holm/significant back into each entry."""
+    family = []
+    for s in stages:
+        for c in s["comparisons"]:
+            if c.get("primary") and c["primary"]["p"] is not None:
+                family.append((c["primary"], dict(stage=s["name"], variant=c["variant"], metric=c["metric"],
+                                                  test=c["primary"]["test"])))
+            if c.get("tost") and c["tost"]["p"] is not None:
+                family.append((c["tost"], dict(stage=s["name"], variant=c["variant"], metric=c["metric"],
+                                               test=f"TOST +-{c['tost']['margin_spec']}")))
+    adj = st.holm([f[0]["p"] for f in family])
+    rows = []
+    for (entry, info), pa in zip(family, adj):
+        entry["p_holm"] = float(pa)
+        entry["significant"] = bool(pa < alpha)
+        rows.append(dict(info, p=entry["p"], p_holm=float(pa), significant=bool(pa < alpha)))
+    return rows
+
+
+def verdict(c, alpha=st.ALPHA):
+    """The label of one comparison, from explicit rules (see docs/analyze.md)."""
+    if c["n_b"] == 0 or c["n_v"] == 0:
+        return "no data"
+    if not c["testable"]:
+        return "not testable (n < 2)"
+    tost = c.get("tost")
+    if tost and (tost.get("significant") or (tost["deterministic"] and tost["within"])):
+        return "equivalent"
+    if c["deterministic"]:
+        return "identical" if c["diff"] == 0 else "deterministic difference"
+    prim = c.get("primary")
+    if prim and prim.get("significant"):
+        if c["better"] is None:
+            return "significant difference"
+        return "significantly better" if c["better"] else "significantly worse"
+    power = (c.get("power") or {}).get("achieved")
+    if power is not None and power < 0.8:
+        return "inconclusive (underpowered)"
+    return "no significant difference"
+
+
+def caveats(c, alpha=st.ALPHA):
+    """Reasons to distrust a comparison's label, as short sentences."""
+    out = []
+    if not c["testable"] or c["deterministic"]:
+        return out
+    perm = c.get("permutation") or {}
+    prim = c.get("primary") or {}
+    if prim.get("significant"):
+        if perm.get("min_p") is not None and perm["min_p"] > alpha:
+            out.append(f"the exact permutation test cannot reach p < {alpha:g} with {c['n_b']} vs {c['n_v']} runs "
+                       f"(smallest possible p = {perm['min_p']:.3g}); the conclusion rests on the t-test's normality assumption")
+        elif perm.get("p") is not None and perm["p"] >= alpha:
+            out.append(f"the permutation test does not agree (p = {perm['p']:.3g})")
+        mw = c.get("mann_whitney") or {}
+        if mw.get("p") is not None and mw["p"] >= alpha and not (perm.get("min_p") and perm["min_p"] > alpha):
+            out.append(f"the Mann-Whitney test does not agree (p = {mw['p']:.3g})")
+    if c["n_b"] != c["n_v"]:
+        out.append(f"unequal n ({c['n_b']} vs {c['n_v']})")
+    return out
+
+
+def analyse(conditions, settings):
+    """All stages. Returns (results dict, curves for the figures)."""
+    by_stage = {}
+    for c in conditions:
+        by_stage.setdefault(c.stage, []).append(c)
+    stages, curves = [], {}
+    for name in sorted(by_stage):
+        res, cv = analyse_stage(name, by_stage[name], settings)
+        stages.append(res)
+        curves[name] = cv
+    family = apply_holm(stages)
+    for s in stages:
+        for c in s["comparisons"]:
+            c["verdict"] = verdict(c)
+            c["caveats"] = caveats(c)
+    return dict(stages=stages, family=family), curves

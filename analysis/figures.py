@@ -1,0 +1,229 @@
+"""Figures for the report (matplotlib Agg, one PNG per figure). Each function takes arrays and a
+path, writes the file and returns its path; none of them computes a statistic."""
+import math
+import os
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f"]
+_MAX_THIN_RUNS = 40       # individual runs drawn behind each mean curve
+_MAX_POINTS = 1500        # curve points per line (longer curves are thinned for drawing only)
+
+
+def color(i):
+    return _COLORS[i % len(_COLORS)]
+
+
+def slug(s):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)).strip("_") or "x"
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _grid(n):
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def _offsets(k, width=0.18):
+    """Deterministic horizontal spread for k points (no random jitter: same input, same picture)."""
+    if k <= 1:
+        return np.zeros(k)
+    return np.linspace(-width, width, k)
+
+
+def distributions(path, metrics, data, labels):
+    """Box plot per condition with every run as a point and the mean as a diamond.
+    data[metric][i] = values of condition labels[i]."""
+    rows, cols = _grid(len(metrics))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        vals = data[m]
+        pos = [i for i, v in enumerate(vals) if len(v)]
+        if pos:
+            ax.boxplot([vals[i] for i in pos], positions=pos, widths=0.5, showfliers=False,
+                       medianprops=dict(color="black"))
+        for i in pos:
+            v = np.sort(vals[i])
+            ax.scatter(i + _offsets(len(v)), v, s=14, color=color(i), alpha=0.8, zorder=3)
+            ax.scatter([i], [np.mean(v)], marker="D", s=40, color="white", edgecolor="black", zorder=4)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20, fontsize=8)
+        ax.set_title(m, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def violins(path, metrics, data, labels):
+    """Violin per condition (conditions with < 2 distinct values are drawn as points only)."""
+    rows, cols = _grid(len(metrics))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        vals = data[m]
+        pos = [i for i, v in enumerate(vals) if len(v) >= 2 and np.ptp(v) > 0]
+        if pos:
+            parts = ax.violinplot([vals[i] for i in pos], positions=pos, showmeans=True, showextrema=False)
+            for body, i in zip(parts["bodies"], pos):
+                body.set_facecolor(color(i))
+                body.set_alpha(0.35)
+        for i, v in enumerate(vals):
+            if len(v):
+                ax.scatter(i + _offsets(len(v), 0.08), np.sort(v), s=10, color=color(i), zorder=3)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20, fontsize=8)
+        ax.set_title(m, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _thin(grid, *mats):
+    if len(grid) <= _MAX_POINTS:
+        return (grid,) + mats
+    idx = np.unique(np.r_[np.linspace(0, len(grid) - 1, _MAX_POINTS).astype(int)])
+    return (grid[idx],) + tuple(m[..., idx] for m in mats)
+
+
+def _mean_band(ax, grid, mat, i, label):
+    ok = np.isfinite(mat)
+    cnt = ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, mat, 0).sum(0) / cnt
+        sd = np.sqrt((np.where(ok, mat - mean, 0) ** 2).sum(0) / (cnt - 1))
+    grid, mat, mean, sd = _thin(grid, mat, mean, sd)
+    runs = mat[:_MAX_THIN_RUNS]
+    segs = [np.column_stack([grid[np.isfinite(r)], r[np.isfinite(r)]]) for r in runs]
+    ax.add_collection(LineCollection(segs, colors=color(i), linewidths=0.5, alpha=0.25))
+    ax.plot(grid, mean, color=color(i), lw=1.6, label=f"{label} (n={mat.shape[0]})")
+    good = np.isfinite(sd)
+    ax.fill_between(grid[good], (mean - sd)[good], (mean + sd)[good], color=color(i), alpha=0.2, lw=0)
+
+
+def _zoom(ax, blocks, frac=0.5):
+    """Limit the y-axis to the values of the last `frac` of training (the interesting part)."""
+    lows, highs = [], []
+    for grid, mat in blocks:
+        if not len(grid):
+            continue
+        tail = mat[:, grid >= grid.max() * (1 - frac)]
+        tail = tail[np.isfinite(tail)]
+        if len(tail):
+            lows.append(tail.min())
+            highs.append(tail.max())
+    if lows:
+        lo, hi = min(lows), max(highs)
+        pad = (hi - lo) * 0.1 or abs(hi) * 0.01 or 0.01
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def training_curves(path, train, val, labels, target=None):
+    """Mean +- SD of training and validation loss per condition, with runs drawn thin behind.
+    train/val: {label: (grid, matrix runs x grid)}."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, block, title in ((axes[0], train, "training loss"), (axes[1], val, "validation loss")):
+        for i, lab in enumerate(labels):
+            if lab in block:
+                _mean_band(ax, *block[lab], i, lab)
+        _zoom(ax, [block[k] for k in block])
+        if target is not None and title == "validation loss":
+            ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"target {target:g}")
+        ax.set_xlabel("step")
+        ax.set_title(title + " (zoomed on the second half; mean +- SD)", fontsize=10)
+        ax.grid(alpha=0.3)
+        if block:
+            ax.legend(fontsize=8)
+        ax.autoscale(axis="x")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_comparison(path, val, labels):
+    """Mean validation loss of every condition on one axis: whole run and last third."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for k, ax in enumerate(axes):
+        for i, lab in enumerate(labels):
+            if lab not in val:
+                continue
+            grid, mat = val[lab]
+            with np.errstate(invalid="ignore"):
+                mean = np.nanmean(np.where(np.isfinite(mat), mat, np.nan), axis=0)
+            sel = grid >= (grid.max() * 2 / 3 if k else -np.inf)
+            ax.plot(grid[sel], mean[sel], marker="." if sel.sum() < 80 else None, color=color(i), label=lab)
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean validation loss")
+        ax.set_title("whole run" if k == 0 else "last third", fontsize=10)
+        ax.grid(alpha=0.3)
+        if val:
+            ax.legend(fontsize=8)
+    if val:
+        _zoom(axes[0], [val[k] for k in val], frac=0.8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def gap(path, gaps, labels, baseline):
+    """Gap of each variant's mean validation loss to the baseline's, with its 95% CI."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, lab in enumerate(labels):
+        if lab not in gaps:
+            continue
+        g = gaps[lab]
+        x = np.array(g["steps"], float)
+        y = np.array([np.nan if v is None else v for v in g["gap"]], float)
+        lo = np.array([np.nan if v is None else v for v in g["low"]], float)
+        hi = np.array([np.nan if v is None else v for v in g["high"]], float)
+        ax.plot(x, y, color=color(i), label=lab, marker="." if len(x) < 80 else None)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=color(i), alpha=0.2, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"val loss - {baseline}")
+    ax.set_title("gap to the baseline at every validation (95% CI, not adjusted across steps)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sweep(path, param, metric, rows):
+    """Metric (mean +- SD over finished runs) against the swept value; failed values marked x."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool) for r in rows)
+    xs = [r["value"] if numeric else i for i, r in enumerate(rows)]
+    ok = [(x, r) for x, r in zip(xs, rows) if r["metric_mean"] is not None]
+    if ok:
+        ax.errorbar([x for x, _ in ok], [r["metric_mean"] for _, r in ok],
+                    yerr=[r["metric_sd"] or 0 for _, r in ok], marker="o", capsize=3, color=color(0))
+    bad = [x for x, r in zip(xs, rows) if r["metric_mean"] is None]
+    if bad:
+        top = max([r["metric_mean"] for _, r in ok], default=1.0)
+        ax.scatter(bad, [top] * len(bad), marker="x", s=60, color="red", label="no finished run")
+        ax.legend(fontsize=8)
+    if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(r["value"]) for r in rows], rotation=20, fontsize=8)
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric or "")
+    ax.set_title(f"{metric} against {param} (mean +- SD)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,673 @@
+"""Markdown for report.md: number formatting, tables (tabulate) and the generated prose.
+
+Every sentence here is produced by an explicit rule over the results dict (see interpretation()
+and limitations()); every number comes from that dict, which is also written to results.json.
+"""
+import math
+import os
+import re
+
+from tabulate import tabulate
+
+from . import stats as st
+from .compute import direction
+
+DASH = "—"
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting (None/NaN/inf always become a dash: no "nan" ever reaches a table)
+# ---------------------------------------------------------------------------------------------
+
+def _ok(x):
+    return x is not None and not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def fmt(x, sig=5):
+    if not _ok(x):
+        return DASH
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    if mag >= sig:
+        return f"{x:,.0f}"
+    if mag >= -4:
+        return f"{x:,.{max(0, sig - 1 - mag)}f}"
+    return f"{x:.{sig - 1}e}"
+
+
+def fmt_signed(x, sig=4):
+    s = fmt(x, sig)
+    return s if s == DASH or s.startswith("-") or x == 0 else "+" + s
+
+
+def fmt_pct(x):
+    return f"{x:+.2f}%" if _ok(x) else DASH
+
+
+def fmt_p(p):
+    if not _ok(p):
+        return DASH
+    if p < 1e-4:
+        return "<0.0001"
+    if p < 1e-3:
+        return f"{p:.4f}"
+    return f"{p:.3f}"
+
+
+def fmt_ci(lo, hi, sig=4):
+    if not (_ok(lo) and _ok(hi)):
+        return DASH
+    return f"[{fmt(lo, sig)}, {fmt(hi, sig)}]"
+
+
+def fmt_int(x):
+    return f"{round(x):,}" if _ok(x) else DASH
+
+
+def fmt_secs(s):
+    if not _ok(s):
+        return DASH
+    return f"{s:,.1f} s" if s < 120 else f"{s / 60:,.1f} min"
+
+
+def cell(s):
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def table(rows, headers):
+    return tabulate([[cell(c) for c in r] for r in rows], headers=[cell(h) for h in headers],
+                    tablefmt="github", disable_numparse=True)
+
+
+def code(s):
+    return f"`{s}`"
+
+
+def figure(rel, caption):
+    return f"![{caption}]({rel})\n\n*{caption}*\n"
+
+
+def _dir_word(c):
+    if c["diff"] is None or c["diff"] == 0:
+        return "no change"
+    hb = c["higher_better"]
+    up = c["diff"] > 0
+    if hb is None:
+        return "higher" if up else "lower"
+    return "better" if c["better"] else "worse"
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------------------------
+
+def _stage_title(s, multi):
+    return f"### Stage `{s['name']}`\n\n" if multi else ""
+
+
+def _cmp_line(c):
+    p = c.get("primary") or {}
+    bits = [f"{fmt(c['mean_v'])} vs {fmt(c['mean_b'])}",
+            f"{fmt_signed(c['diff'])} ({fmt_pct(c['diff_pct'])}, {_dir_word(c)})"]
+    ci = (c.get("bootstrap") or {})
+    if ci.get("diff_low") is not None:
+        bits.append(f"95% CI {fmt_ci(ci['diff_low'], ci['diff_high'])}")
+    if p.get("p_holm") is not None:
+        bits.append(f"{p['test']} p = {fmt_p(p['p'])}, Holm-adjusted {fmt_p(p['p_holm'])}")
+    return f"`{c['metric']}`: " + "; ".join(bits) + f" → **{c['verdict']}**"
+
+
+def executive_summary(res):
+    out = []
+    multi = len(res["stages"]) > 1
+    for s in res["stages"]:
+        runs = s["runs"]
+        fin = sum(1 for r in runs if r["outcome"] == "finished")
+        line = (f"- **Stage `{s['name']}`**: {len(s['conditions'])} condition(s), {len(runs)} run(s), "
+                f"{fin} finished" + (f", {len(runs) - fin} excluded (failed or unfinished, see §2)" if fin < len(runs) else "")
+                + (f"; baseline `{s['baseline']}`." if s["baseline"] else "; no baseline, so no comparisons."))
+        out.append(line)
+        by_variant = {}
+        for c in s["comparisons"]:
+            by_variant.setdefault(c["variant"], []).append(c)
+        for v, cs in by_variant.items():
+            out.append(f"  - **{v}** vs {s['baseline']} (finished runs: {cs[0]['n_v']} vs {cs[0]['n_b']}):")
+            for c in cs:
+                out.append(f"    - {_cmp_line(c)}")
+        sp = s["dynamics"]["speedrun"]
+        if sp:
+            met = [k for k, v in sp.items() if v["p"] is not None and v["p"] < 0.01]
+            out.append(f"  - Speedrun criterion (mean final val loss < {fmt(s['dynamics']['target'])}, one-sided t-test p < 0.01): "
+                       + (", ".join(f"`{k}` meets it" for k in met) if met else "no condition meets it") + ".")
+    if not out:
+        out.append("- Nothing could be analysed.")
+    fam = res["family"]
+    out.append("")
+    out.append(f"Significance is decided on Holm-Bonferroni adjusted p-values over the report's whole family of "
+               f"{len(fam)} test(s) (alpha = {st.ALPHA:g}); raw and adjusted p-values are side by side in §5.")
+    small = [(s["name"], c["name"], c["finished"]) for s in res["stages"] for c in s["conditions"] if 0 < c["finished"] < 5]
+    if small:
+        out.append(f"Sample sizes are small ({', '.join(f'{c}: n = {n}' for _, c, n in small)}): read §8 before acting on any result.")
+    return "\n".join(out)
+
+
+def design(res):
+    out = []
+    multi = len(res["stages"]) > 1
+    for s in res["stages"]:
+        out.append(_stage_title(s, multi))
+        rows = []
+        for c in s["conditions"]:
+            env = c["env"]
+            joined = lambda k: ", ".join(str(x) for x in env.get(k, [])) or DASH
+            commit = c["git_commit"] or joined("git_commit")
+            rows.append([c["name"] + (" (baseline)" if c["name"] == s["baseline"] else ""),
+                         ", ".join(c["scripts"]) or ("speedrun log files" if c["source"] == "log" else DASH),
+                         c["runs"], c["finished"], ", ".join(map(str, c["seeds"])) or DASH,
+                         str(commit)[:12] if commit not in (None, DASH) else DASH,
+                         joined("device"), joined("gpus"), joined("gpu_name"), joined("torch")])
+        out.append(table(rows, ["condition", "script", "runs", "finished", "seeds", "git commit", "device",
+                                "GPUs", "GPU", "torch"]))
+        out.append("")
+        cfgs = {c["name"]: c["config"] for c in s["conditions"] if c["config"]}
+        if cfgs:
+            keys = sorted(set().union(*cfgs.values()))
+            differ = [k for k in keys if len({repr(cfg.get(k)) for cfg in cfgs.values()}) > 1]
+            same = [k for k in keys if k not in differ]
+            if differ:
+                out.append("Hyperparameters that differ between conditions:\n")
+                out.append(table([[k] + [str(cfgs[n].get(k, DASH)) for n in cfgs] for k in differ],
+                                 ["hyperparameter"] + list(cfgs)))
+                out.append("")
+            else:
+                out.append("No hyperparameter differs between the conditions' recorded configs "
+                           "(the variants differ in their script or code path).\n")
+            if same:
+                first = next(iter(cfgs.values()))
+                out.append("Shared hyperparameters: " + ", ".join(f"{k}={first[k]}" for k in same) + ".\n")
+        else:
+            out.append("No configuration was recorded for these runs (summary.json `config` / experiment.json overrides).\n")
+        cmds = [(c["name"], c["command"]) for c in s["conditions"] if c["command"]]
+        if cmds:
+            out.append("Commands (experiment.json):\n")
+            for n, cmd in cmds:
+                cmd = " ".join(map(str, cmd)) if isinstance(cmd, list) else cmd
+                out.append(f"- `{n}`: `{cmd}`")
+            out.append("")
+    return "\n".join(out).strip() or "No runs found."
+
+
+def data_quality(res, rel_figs):
+    out = []
+    multi = len(res["stages"]) > 1
+    for s in res["stages"]:
+        out.append(_stage_title(s, multi))
+        out.append("**Success rate.**\n")
+        rows = []
+        for c in s["conditions"]:
+            o = c["outcomes"]
+            rate = 100 * c["finished"] / c["runs"] if c["runs"] else None
+            rows.append([c["name"], c["runs"], o.get("finished", 0), o.get("diverged", 0), o.get("crashed", 0),
+                         o.get("unfinished", 0), o.get("unreadable", 0), f"{rate:.0f}%" if rate is not None else DASH])
+        out.append(table(rows, ["condition", "runs", "finished", "diverged", "crashed (oom/failed/timeout/interrupted)",
+                                "unfinished", "unreadable", "success"]))
+        out.append("")
+        bad = [r for r in s["runs"] if r["outcome"] != "finished"]
+        if bad:
+            out.append(f"{len(bad)} run(s) did not finish and are left out of every statistic below "
+                       "(descriptive statistics, tests, curves):\n")
+            out.append(table([[r["condition"], r["name"], r["status"],
+                               f"{r['steps_completed']}" + (f"/{r['total_steps']}" if r["total_steps"] else "") if r["steps_completed"] is not None else DASH,
+                               r["reason"] or DASH] for r in bad],
+                             ["condition", "run", "status", "last step", "reason"]))
+            out.append("")
+        else:
+            out.append(f"All {len(s['runs'])} runs finished; none is excluded.\n")
+        miss = [(c, m, k) for c, d in s["missing"].items() for m, k in d.items()]
+        if miss:
+            out.append("Metrics missing from some finished runs (those runs are left out of that metric only):\n")
+            out.append(table([[c, m, k] for c, m, k in miss], ["condition", "metric", "runs without it"]))
+            out.append("")
+        # normality
+        rows = []
+        for c in s["conditions"]:
+            for m in s["metrics"]:
+                d = s["descriptive"][c["name"]][m]
+                if d["n"] >= 3:
+                    verdict = ("deterministic" if d["deterministic"] else
+                               ("not normal" if d["shapiro_p"] is not None and d["shapiro_p"] < st.ALPHA else "no evidence against normality"))
+                    rows.append([c["name"], m, d["n"], fmt(d["shapiro_w"], 4), fmt_p(d["shapiro_p"]), verdict])
+        if rows:
+            out.append("**Normality (Shapiro-Wilk, n >= 3).** A large p is not evidence of normality, especially at small n.\n")
+            out.append(table(rows, ["condition", "metric", "n", "W", "p", "reading"]))
+            out.append("")
+        rows = []
+        for c in s["comparisons"]:
+            lv = c.get("levene")
+            if lv is None:
+                continue
+            rows.append([c["variant"], c["metric"], fmt(lv["stat"], 4), fmt_p(lv["p"]),
+                         DASH if lv["p"] is None else ("unequal" if lv["p"] < st.ALPHA else "no evidence of a difference")])
+        if rows:
+            out.append(f"**Equal variances (Brown-Forsythe: Levene's test around the median), each variant vs `{s['baseline']}`.** "
+                       "Welch's t-test does not assume equal variances; this is reported for reading the effect sizes.\n")
+            out.append(table(rows, ["variant", "metric", "F", "p", "variances"]))
+            out.append("")
+    notes = res.get("notes", [])
+    if notes:
+        out.append("**File notes** (problems found while reading; none stopped the analysis):\n")
+        out.extend(f"- {n}" for n in notes)
+        out.append("")
+    figs = rel_figs.get("distributions", [])
+    for s_name, rel in figs:
+        out.append(figure(rel, f"Distributions ({s_name}): box per condition, every run as a point, the mean as a diamond."))
+    for s_name, rel in rel_figs.get("violins", []):
+        out.append(figure(rel, f"Violins ({s_name}): the shape of each condition's distribution (points where fewer than 2 distinct values)."))
+    return "\n".join(out).strip()
+
+
+def descriptive(res):
+    out = []
+    multi = len(res["stages"]) > 1
+    for s in res["stages"]:
+        out.append(_stage_title(s, multi))
+        if not s["metrics"]:
+            out.append("No metric was reported by a finished run.\n")
+        for m in s["metrics"]:
+            hb = direction(m)
+            word = {True: "higher is better", False: "lower is better", None: "no direction"}[hb]
+            out.append(f"**`{m}`** ({word})\n")
+            rows = []
+            for c in s["conditions"]:
+                d = s["descriptive"][c["name"]][m]
+                if d["n"] == 0:
+                    rows.append([c["name"], 0] + [DASH] * 11 + ["no finished run reports it"])
+                    continue
+                note = "deterministic (zero variance)" if d["deterministic"] else ("one run: no spread" if d["n"] == 1 else "")
+                rows.append([c["name"], d["n"], fmt(d["mean"]), fmt(d["std"], 3), fmt(d["sem"], 3),
+                             fmt_ci(d["ci_low"], d["ci_high"], 5), fmt_ci(d["boot_low"], d["boot_high"], 5),
+                             fmt(d["median"]), fmt(d["min"]), fmt(d["max"]),
+                             f"{fmt(d['p25'])} / {fmt(d['p75'])} / {fmt(d['p95'])}", fmt(d["cv"], 3), note])
+            out.append(table(rows, ["condition", "n", "mean", "SD", "SEM", "95% t-CI", "bootstrap 95% CI", "median",
+                                    "min", "max", "p25 / p75 / p95", "CV", "note"]))
+            out.append("")
+    return "\n".join(out).strip()
+
+
+def training(res, rel_figs):
+    out = []
+    multi = len(res["stages"]) > 1
+    figs = {k: dict(v) for k, v in rel_figs.items()}
+    for s in res["stages"]:
+        out.append(_stage_title(s, multi))
+        dyn = s["dynamics"]
+        if not dyn["val"]:
+            out.append("No finished run has validation curves (metrics.jsonl or log lines), so there is nothing to plot.\n")
+        for key, cap in (("curves", "Training and validation loss: mean +- SD per condition, individual runs thin behind."),
+                         ("comparison", "Mean validation loss of every condition on one axis (right: last third of training)."),
+                         ("gap", f"Gap of each variant's mean validation loss to `{s['baseline']}` at every validation step, with its 95% Welch CI (pointwise, not adjusted across steps).")):
+            if s["name"] in figs.get(key, {}):
+                out.append(figure(figs[key][s["name"]], cap))
+        for v, g in dyn["gaps"].items():
+            rows = [[fmt_int(st_), fmt_signed(x, 4), fmt_ci(lo, hi)] for st_, x, lo, hi in
+                    zip(g["steps"], g["gap"], g["low"], g["high"])]
+            if not rows:
+                continue
+            idx = sorted(set([0, len(rows) - 1] + [round(i * (len(rows) - 1) / 8) for i in range(9)]))
+            out.append(f"Gap `{v}` - `{s['baseline']}` in validation loss (selected steps; every step below):\n")
+            out.append(table([rows[i] for i in idx], ["step", "gap", "95% CI"]))
+            out.append("")
+            out.append(f"<details><summary>Gap at every validation step ({len(rows)} steps)</summary>\n")
+            out.append(table(rows, ["step", "gap", "95% CI"]))
+            out.append("\n</details>\n")
+        ttt = dyn["time_to_target"]
+        if ttt:
+            out.append(f"**Time to target** (validation loss <= {fmt(dyn['target'])}, linear interpolation between validations; "
+                       "means over the runs that reach it):\n")
+            out.append(table([[c, f"{t['reached']}/{t['n']}", f"{fmt(t['step_mean'])} ± {fmt(t['step_sd'], 3)}" if t["step_mean"] is not None else "not reached",
+                               f"{fmt(t['time_s_mean'])} ± {fmt(t['time_s_sd'], 3)}" if t["time_s_mean"] is not None else "not reached"]
+                              for c, t in ttt.items()], ["condition", "runs reaching it", "step (mean ± SD)", "training seconds (mean ± SD)"]))
+            out.append("")
+        iso = dyn["iso_loss"]
+        if iso:
+            out.append(f"**Iso-loss speedup**: when does each variant's mean curve first reach the baseline's final mean "
+                       f"validation loss, compared with the baseline's own mean curve?\n")
+            rows = []
+            for v, i in iso.items():
+                rows.append([v, fmt(i["level"]), fmt_int(i["baseline_step"]), fmt_int(i["variant_step"]) if i["variant_step"] else "not reached",
+                             f"{i['speedup_steps']:.3f}x" if i["speedup_steps"] else DASH,
+                             fmt_secs(i["baseline_time_s"]), fmt_secs(i["variant_time_s"]) if i["variant_time_s"] else "not reached",
+                             f"{i['speedup_time']:.3f}x" if i["speedup_time"] else DASH])
+            out.append(table(rows, ["variant", "loss level", "baseline step", "variant step", "speedup (steps)",
+                                    "baseline time", "variant time", "speedup (time)"]))
+            out.append("")
+        sp = dyn["speedrun"]
+        if sp:
+            out.append(f"**Speedrun criterion**: final validation loss below {fmt(dyn['target'])} by a one-sample t-test "
+                       "(alternative: less) with p < 0.01.\n")
+            rows = []
+            for c, r in sp.items():
+                if r["deterministic"]:
+                    meets = "yes (deterministic)" if r["mean"] < r["target"] else "no (deterministic)"
+                elif r["p"] is None:
+                    meets = "not testable (n < 2)"
+                else:
+                    meets = "yes" if r["p"] < 0.01 else "no"
+                rows.append([c, r["n"], fmt(r["mean"]), fmt(r["t"], 4), fmt_p(r["p"]), meets])
+            out.append(table(rows, ["condition", "n", "mean final val loss", "t", "p (one-sided)", "meets criterion"]))
+            out.append("")
+    return "\n".join(out).strip()
+
+
+METHODS = """Each variant is compared with its stage's baseline on every metric, as `variant - baseline`.
+The **primary test** is the paired t-test when every run of both conditions shares a seed with a run of
+the other (the seeds control initialisation and data order), else Welch's t-test. Its p-value, and the
+p-value of every equivalence test, enter one Holm-Bonferroni family over the whole report; a result is
+called significant only when its **adjusted** p < {alpha:g}. Alongside, as checks that do not assume
+normality: the Mann-Whitney U test, and the permutation test of the difference of means (exact - every
+split enumerated - when there are at most {limit:,} splits, else {resamples:,} random splits; the smallest
+p it can reach is shown). Effect sizes: Cohen's d and Hedges' g (small-sample corrected) with 95% CIs from
+the noncentral t; the probability of improvement (a random variant run beats a random baseline run, ties
+counted half) and the difference of means with 95% percentile CIs from a stratified bootstrap
+({resamples:,} resamples within each condition, seed {seed}). Power is the post-hoc power of a two-sided
+two-sample t-test at the observed |g| and alpha {alpha:g}, with the runs per condition that would give 80%."""
+
+
+def comparisons(res):
+    out = [METHODS.format(alpha=st.ALPHA, limit=st.EXACT_LIMIT, resamples=res["settings"]["resamples"],
+                          seed=res["settings"]["seed"]), ""]
+    multi = len(res["stages"]) > 1
+    for s in res["stages"]:
+        if not s["comparisons"]:
+            continue
+        out.append(_stage_title(s, multi))
+        by_variant = {}
+        for c in s["comparisons"]:
+            by_variant.setdefault(c["variant"], []).append(c)
+        for v, cs in by_variant.items():
+            out.append(f"#### `{v}` vs `{s['baseline']}`\n")
+            rows = []
+            for c in cs:
+                b, e = c.get("bootstrap") or {}, c.get("effect") or {}
+                rows.append([c["metric"], f"{fmt(c['mean_b'])} (n={c['n_b']})", f"{fmt(c['mean_v'])} (n={c['n_v']})",
+                             fmt_signed(c["diff"]), fmt_pct(c["diff_pct"]), _dir_word(c),
+                             fmt_ci(b.get("diff_low"), b.get("diff_high")),
+                             f"{fmt(e.get('g'), 3)} {fmt_ci(e.get('g_low'), e.get('g_high'), 3)}" if e.get("g") is not None else DASH,
+                             f"{fmt(b.get('poi'), 3)} {fmt_ci(b.get('poi_low'), b.get('poi_high'), 3)}" if b.get("poi") is not None else DASH])
+            out.append("Effects:\n")
+            out.append(table(rows, ["metric", "baseline mean", "variant mean", "difference", "difference %", "direction",
+                                    "95% CI (stratified bootstrap)", "Hedges' g [95% CI]", "P(improvement) [95% CI]"]))
+            out.append("")
+            rows = []
+            for c in cs:
+                w, mw, pm = c.get("welch") or {}, c.get("mann_whitney") or {}, c.get("permutation") or {}
+                prim = c.get("primary") or {}
+                perm = DASH
+                if pm.get("p") is not None:
+                    perm = f"{fmt_p(pm['p'])} ({pm['method']}, min {fmt_p(pm['min_p'])})"
+                rows.append([c["metric"],
+                             f"t={fmt(w.get('t'), 4)}, df={fmt(w.get('df'), 3)}, p={fmt_p(w.get('p'))}" if w.get("p") is not None else DASH,
+                             f"U={fmt(mw.get('u'))}, p={fmt_p(mw.get('p'))}" if mw.get("p") is not None else DASH,
+                             perm, prim.get("test", DASH), fmt_p(prim.get("p")), fmt_p(prim.get("p_holm")), c["verdict"]])
+            out.append("Tests (the verdict uses the Holm-adjusted p of the primary test):\n")
+            out.append(table(rows, ["metric", "Welch", "Mann-Whitney", "permutation", "primary test", "raw p",
+                                    "Holm p", "verdict"]))
+            out.append("")
+            prs = [c for c in cs if c.get("paired")]
+            if prs:
+                rows = []
+                for c in prs:
+                    p = c["paired"]
+                    sf = f"{fmt_p(p['signflip_p'])} ({p['signflip_method']}, min {fmt_p(p['signflip_min_p'])})" if p["signflip_p"] is not None else DASH
+                    rows.append([c["metric"], p["n"], fmt_signed(p["mean_diff"]),
+                                 "deterministic" if p["deterministic"] else f"t={fmt(p['t'], 4)}, p={fmt_p(p['p_t'])}",
+                                 fmt_p(p["wilcoxon_p"]), sf, fmt_ci(p["boot_low"], p["boot_high"]), fmt(p["dz"], 3),
+                                 fmt(p.get("power"), 3), fmt_int(p.get("runs_needed"))])
+                out.append(f"Paired by seed ({', '.join(map(str, prs[0]['paired_seeds']))}):\n")
+                out.append(table(rows, ["metric", "pairs", "mean difference", "paired t", "Wilcoxon p", "sign-flip p",
+                                        "paired bootstrap 95% CI", "d_z", "power", "pairs for 80% power"]))
+                out.append("")
+            rows = [[c["metric"], fmt(c["power"]["effect"], 3), fmt(c["power"]["achieved"], 3),
+                     fmt_int(c["power"]["runs_needed"]) if c["power"]["runs_needed"] else DASH]
+                    for c in cs if c.get("power") and c["power"]["effect"] is not None]
+            if rows:
+                out.append("Power (post-hoc, at the observed effect; it says how informative this design was, not whether the effect is real):\n")
+                out.append(table(rows, ["metric", "|g| used", "power achieved", "runs per condition for 80% power"]))
+                out.append("")
+            ts = [c for c in cs if c.get("tost")]
+            if ts:
+                rows = []
+                for c in ts:
+                    t = c["tost"]
+                    rows.append([c["metric"], f"±{fmt(t['margin'], 4)} ({t['margin_spec']})", fmt_signed(c["diff"]),
+                                 fmt_ci(t["ci90_low"], t["ci90_high"]), fmt_p(t["p_lower"]), fmt_p(t["p_upper"]),
+                                 fmt_p(t["p"]), fmt_p(t.get("p_holm")),
+                                 ("yes (deterministic)" if t["within"] else "no (deterministic)") if t["deterministic"]
+                                 else ("yes" if t.get("significant") else "not shown")])
+                out.append("Equivalence (TOST, two one-sided Welch tests):\n")
+                out.append(table(rows, ["metric", "margin", "difference", "90% CI", "p (> -margin)", "p (< +margin)",
+                                        "p", "Holm p", "equivalent"]))
+                out.append("")
+    if res["family"]:
+        out.append(f"**The multiple-comparison family** ({len(res['family'])} tests, Holm-Bonferroni):\n")
+        out.append(table([[f["stage"], f["variant"], f["metric"], f["test"], fmt_p(f["p"]), fmt_p(f["p_holm"]),
+                           "yes" if f["significant"] else "no"] for f in res["family"]],
+                         ["stage", "variant", "metric", "test", "raw p", "Holm p", "significant"]))
+    else:
+        out.append("No test could be run (no stage had a baseline and a variant with at least two finished runs each).")
+    return "\n".join(out).strip()
+
+
+def sweeps(res, rel_figs):
+    out = []
+    figs = dict(rel_figs.get("sweeps", []))
+    for s in res["stages"]:
+        for i, sw in enumerate(s["sweeps"]):
+            fixed = ", ".join(f"{k}={v}" for k, v in sw["fixed"].items())
+            out.append(f"**Stage `{s['name']}`: sweep over `{sw['param']}`**" + (f" ({fixed})" if fixed else "") + "\n")
+            rows = []
+            finite = [r["metric_mean"] for r in sw["rows"] if r["metric_mean"] is not None]
+            hb = direction(sw["metric"])
+            best = (max(finite) if hb else min(finite)) if finite and hb is not None else None
+            for r in sw["rows"]:
+                state = []
+                for k in ("finished", "diverged", "crashed", "other"):
+                    if r[k]:
+                        state.append(f"{r[k]} {k if k != 'other' else 'unfinished'}")
+                mm = DASH if r["metric_mean"] is None else (fmt(r["metric_mean"]) + (f" ± {fmt(r['metric_sd'], 3)}" if r["metric_sd"] is not None else ""))
+                if best is not None and r["metric_mean"] == best:
+                    mm = f"**{mm}**"
+                rows.append([str(r["value"]), r["condition"], r["runs"], mm, fmt(r["val_ppl"]), fmt_secs(r["runtime_s"]),
+                             ", ".join(state) + (f" ({'; '.join(r['reasons'])})" if r["reasons"] else "")])
+            out.append(table(rows, ["value", "condition", "runs", f"{sw['metric']} (mean ± SD)", "val ppl", "runtime", "state"]))
+            out.append("")
+            key = f"{s['name']}::{i}"
+            if key in figs:
+                out.append(figure(figs[key], f"{sw['metric']} against {sw['param']} (stage {s['name']}); values with no finished run marked x."))
+    if not out:
+        return "No sweep: no stage has conditions that differ in exactly one recorded hyperparameter."
+    return "\n".join(out).strip()
+
+
+def interpretation(res):
+    out = []
+    for s in res["stages"]:
+        by_variant = {}
+        for c in s["comparisons"]:
+            by_variant.setdefault(c["variant"], []).append(c)
+        for v, cs in by_variant.items():
+            out.append(f"**`{v}` vs `{s['baseline']}`** (stage `{s['name']}`):\n")
+            better = [c["metric"] for c in cs if c["verdict"] == "significantly better" or (c["verdict"] == "deterministic difference" and c["better"])]
+            worse = [c["metric"] for c in cs if c["verdict"] == "significantly worse" or (c["verdict"] == "deterministic difference" and c["better"] is False)]
+            for c in cs:
+                out.append("- " + _sentence(c))
+            if better and worse:
+                out.append(f"- Trade-off: better on {', '.join(map(code, better))}, worse on {', '.join(map(code, worse))}.")
+            elif not better and not worse:
+                out.append("- No metric shows a difference that survives the correction; this is not evidence that there is none "
+                           "(see the CIs and the power above).")
+            out.append("")
+    if not out:
+        return "No comparison could be made, so there is nothing to interpret."
+    return "\n".join(out).strip()
+
+
+def _sentence(c):
+    m, v = code(c["metric"]), c["verdict"]
+    d = f"{fmt_signed(c['diff'])} ({fmt_pct(c['diff_pct'])})"
+    b = c.get("bootstrap") or {}
+    ci = fmt_ci(b.get("diff_low"), b.get("diff_high"))
+    prim = c.get("primary") or {}
+    if v == "no data":
+        return f"{m}: one of the conditions has no finished run with this metric."
+    if v == "not testable (n < 2)":
+        return (f"{m}: difference {d} from {c['n_v']} vs {c['n_b']} run(s); with a single run in a condition there is no "
+                "estimate of run-to-run variation, so no test is possible.")
+    if v == "identical":
+        return f"{m}: identical in every run of both conditions."
+    if v == "deterministic difference":
+        return (f"{m}: every run of each condition gave the same value, so the difference {d} is exact for these runs "
+                "(no test applies; it may not hold on other hardware or software).")
+    if v == "equivalent":
+        t = c["tost"]
+        how = "deterministically" if t["deterministic"] else f"TOST Holm-adjusted p = {fmt_p(t.get('p_holm'))}"
+        return f"{m}: equivalent within ±{fmt(t['margin'], 4)} ({t['margin_spec']}) of the baseline ({how}); difference {d}."
+    s = ""
+    if v.startswith("significant"):
+        s = (f"{m}: {v} - difference {d}, 95% CI {ci}, {prim['test']} Holm-adjusted p = {fmt_p(prim.get('p_holm'))} "
+             f"(raw {fmt_p(prim.get('p'))}).")
+    else:
+        widest = max(abs(b["diff_low"]), abs(b["diff_high"])) if b.get("diff_low") is not None else None
+        s = (f"{m}: difference {d} is not significant after correction ({prim.get('test', 'test')} Holm-adjusted "
+             f"p = {fmt_p(prim.get('p_holm'))}); the 95% CI {ci} is compatible with no difference and with differences up to "
+             f"{fmt(widest, 3)} in size.")
+        pw = c.get("power") or {}
+        if v.startswith("inconclusive") and pw.get("achieved") is not None:
+            need = pw.get("runs_needed")
+            s += (f" Inconclusive: the design had {100 * pw['achieved']:.0f}% power for an effect of this size"
+                  + (f"; about {need:,} runs per condition would give 80%." if need else "."))
+        tost = c.get("tost")
+        if tost and tost.get("p") is not None and not tost.get("significant"):
+            s += f" Equivalence within ±{tost['margin_spec']} is not shown either (TOST Holm p = {fmt_p(tost.get('p_holm'))})."
+    for cv in c.get("caveats", []):
+        s += f" Caveat: {cv}."
+    return s
+
+
+def limitations(res):
+    out = []
+    alpha = st.ALPHA
+    for s in res["stages"]:
+        conds = s["conditions"]
+        pre = f"[{s['name']}] " if len(res["stages"]) > 1 else ""
+        small = [c for c in conds if 0 < c["finished"] < 5]
+        if small:
+            pm = [c.get("permutation", {}).get("min_p") for c in s["comparisons"] if c.get("permutation")]
+            pm = [x for x in pm if x is not None]
+            out.append(pre + "Small samples: " + ", ".join(f"`{c['name']}` n = {c['finished']}" for c in small) + ". Normality "
+                       "cannot be checked meaningfully, one unusual run moves the mean, and standardized effect sizes are "
+                       "inflated when the spread happens to be small"
+                       + (f"; the exact permutation test cannot go below p = {fmt_p(max(pm))} for the smallest design here." if pm else "."))
+        one = [c["name"] for c in conds if c["finished"] == 1]
+        if one:
+            out.append(pre + f"One finished run only: {', '.join(map(code, one))} - descriptive numbers only, no test, no CI.")
+        none_ = [c["name"] for c in conds if c["finished"] == 0 and c["runs"] > 0]
+        if none_:
+            out.append(pre + f"No finished run at all: {', '.join(map(code, none_))} - left out of every statistic.")
+        zero = sorted({(cn, m) for cn, d in s["descriptive"].items() for m, x in d.items() if x["deterministic"]})
+        if zero:
+            out.append(pre + "Zero variance (identical value in every run): " + ", ".join(f"`{m}` in `{cn}`" for cn, m in zero)
+                       + ". Tests and standardized effects are undefined where both sides are constant; a constant on one "
+                       "side only makes the t-test rely on the other side's spread alone.")
+        bad = [r for r in s["runs"] if r["outcome"] != "finished"]
+        if bad:
+            rates = {c["name"]: c["finished"] / c["runs"] for c in conds if c["runs"]}
+            msg = pre + f"{len(bad)} run(s) failed or did not finish and were excluded"
+            if len(set(round(x, 6) for x in rates.values())) > 1:
+                msg += (" - and success rates differ between conditions (" + ", ".join(f"`{k}` {100 * v:.0f}%" for k, v in rates.items())
+                        + "), so the finished runs of a less stable condition may be a favourable selection")
+            out.append(msg + ".")
+        uneq = sorted({(c["variant"], c["n_b"], c["n_v"]) for c in s["comparisons"] if c["n_b"] != c["n_v"] and c["testable"]})
+        if uneq:
+            out.append(pre + "Unequal n: " + ", ".join(f"`{v}` {nv} vs baseline {nb}" for v, nb, nv in uneq)
+                       + " (Welch's test allows it; power is limited by the smaller group).")
+        nonnorm = sorted({(cn, m) for cn, d in s["descriptive"].items() for m, x in d.items()
+                          if x["shapiro_p"] is not None and x["shapiro_p"] < alpha})
+        if nonnorm:
+            out.append(pre + "Shapiro-Wilk rejects normality for " + ", ".join(f"`{m}` in `{cn}`" for cn, m in nonnorm)
+                       + "; for those, trust the Mann-Whitney and permutation tests over the t-test.")
+        unequal_var = sorted({(c["variant"], c["metric"]) for c in s["comparisons"]
+                              if (c.get("levene") or {}).get("p") is not None and c["levene"]["p"] < alpha})
+        if unequal_var:
+            out.append(pre + "Unequal variances (Brown-Forsythe p < 0.05) for " + ", ".join(f"`{m}` ({v})" for v, m in unequal_var)
+                       + "; Welch's test handles this, Cohen's d (pooled SD) describes it less well.")
+        miss = [(c, m) for c, d in s["missing"].items() for m in d]
+        if miss:
+            out.append(pre + "Some metrics are missing from some finished runs: " + ", ".join(f"`{m}` in `{c}`" for c, m in miss) + ".")
+        partial = sorted({c["variant"] for c in s["comparisons"] if c.get("paired_seeds") and not c.get("fully_paired")})
+        unpaired = sorted({c["variant"] for c in s["comparisons"] if c["testable"] and not c.get("paired_seeds")})
+        if partial:
+            out.append(pre + f"Seeds only partly shared with the baseline for {', '.join(map(code, partial))}: the primary test is "
+                       "unpaired (Welch); the paired tests use the shared seeds only.")
+        if unpaired:
+            out.append(pre + f"No seed shared with the baseline for {', '.join(map(code, unpaired))}: only unpaired tests.")
+        for key, label in (("gpu_name", "GPU"), ("torch", "torch version"), ("git_commit", "git commit"), ("gpus", "GPU count"), ("device", "device")):
+            vals = {str(v) for c in conds for v in c["env"].get(key, [])}
+            if len(vals) > 1:
+                out.append(pre + f"The {label} differs between runs ({', '.join(sorted(vals))}): a possible confound for time and memory.")
+        dirty = [c["name"] for c in conds if True in c["env"].get("git_dirty", []) or c.get("git_dirty") is True]
+        if dirty:
+            out.append(pre + f"Uncommitted changes (git dirty) when running {', '.join(map(code, dirty))}: the code is not fully identified by its commit.")
+        logs = [c["name"] for c in conds if c["source"] == "log"]
+        if logs:
+            out.append(pre + f"{', '.join(map(code, logs))} come from plain log files: no recorded seed, configuration or environment; "
+                       "metrics are the last validation line's.")
+        if s["dynamics"]["gaps"]:
+            out.append(pre + "The gap CIs over training are pointwise (one per validation step, not adjusted across steps); "
+                       "time to target interpolates linearly between validations.")
+    if any(c.get("power") for s in res["stages"] for c in s["comparisons"]):
+        out.append("Post-hoc power is computed at the observed effect, which is itself noisy; the 'runs needed' figures are rough guides for planning.")
+    if res["family"]:
+        out.append(f"The Holm correction covers {len(res['family'])} tests; adding metrics or variants makes each one harder to pass.")
+    if not out:
+        return "No limitation was detected by the rules in docs/analyze.md."
+    return "\n".join(f"- {x}" for x in out)
+
+
+def reproducibility(res, files):
+    set_ = res["settings"]
+    out = [f"- Command: `{set_['command']}`",
+           f"- Logs read: `{set_['logs']}`; bootstrap/permutation resamples {set_['resamples']:,}, seed {set_['seed']} "
+           "(same inputs and seed give the same numbers).",
+           f"- Software: {', '.join(f'{k} {v}' for k, v in set_['versions'].items())}.",
+           f"- Outputs: {', '.join(code(f) for f in files)}."]
+    for s in res["stages"]:
+        for c in s["conditions"]:
+            commit = c["git_commit"] or ", ".join(str(x) for x in c["env"].get("git_commit", []))
+            out.append(f"- `{s['name']}/{c['name']}`: `{c['path']}`" + (f", git commit `{commit}`" if commit else "")
+                       + (f", CUDA_VISIBLE_DEVICES={c['cuda_visible_devices']}" if c.get("cuda_visible_devices") is not None else "")
+                       + (f", started {c['started']}" if c.get("started") else ""))
+    return "\n".join(out)
+
+
+def render(template, res, rel_figs, files, date):
+    stage_names = [s["name"] for s in res["stages"]]
+    values = dict(
+        title="Experiment report: " + ", ".join(stage_names) if stage_names else "Experiment report",
+        date=date, command=res["settings"]["command"], logs=res["settings"]["logs"],
+        executive_summary=executive_summary(res), design=design(res), data_quality=data_quality(res, rel_figs),
+        descriptive=descriptive(res), training=training(res, rel_figs), methods="", comparisons=comparisons(res),
+        sweeps=sweeps(res, rel_figs), interpretation=interpretation(res), limitations=limitations(res),
+        reproducibility=reproducibility(res, files))
+    unknown = []
+
+    def sub(m):
+        key = m.group(1)
+        if key in values:
+            return values[key]
+        unknown.append(key)
+        return f"*(unknown placeholder `{key}` in the template)*"
+    text = PLACEHOLDER.sub(sub, template)
+    return text.rstrip() + "\n", unknown

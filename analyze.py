@@ -1,0 +1,229 @@
+"""analyze.py: from run directories to a report a reviewer can trust.
+
+Reads every run under --logs (the layout of docs/RUN_FORMAT.md: <stage>/<variant>/seed_<S>/, and
+folders of plain speedrun log files, one file per run), compares every variant with its stage's
+baseline, and writes next to --out: the report (markdown, from report_template.md), its figures
+(<stem>_figures/), results.json (every number in the report) and summary.csv.
+
+    python analyze.py                                   # experiment_logs/ -> report.md
+    python analyze.py --logs experiment_logs --stage stage_c --out reports/stage_c.md
+    python analyze.py --equivalence train_time_s=1% --equivalence val_loss=0.005 --target 3.28
+    python analyze.py --metrics val_loss,train_time_s --resamples 20000 --seed 1 --no-figures
+
+Statistics (docs/analyze.md): descriptive statistics; Welch, Mann-Whitney and exact permutation
+tests; Cohen's d / Hedges' g and the probability of improvement with CIs; a stratified bootstrap CI
+of the difference; Brown-Forsythe; paired tests when seeds match; power; TOST; Holm-Bonferroni over
+the whole report. Exit status: 0 on success, 1 when nothing could be analysed, 2 on a bad flag.
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from analysis import compute, figures, loading  # noqa: E402
+from analysis import report as rep  # noqa: E402
+from analysis import stats as st  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Outputs go next to --out: the report, <stem>_figures/, results.json and summary.csv "
+                                       "(prefixed with <stem>_ unless the stem is 'report').")
+    p.add_argument("--logs", default="experiment_logs", help="directory of run directories and/or speedrun log folders (default: experiment_logs)")
+    p.add_argument("--out", default="report.md", help="report path (default: report.md)")
+    p.add_argument("--stage", action="append", default=None, help="analyse only this stage (repeatable or comma-separated)")
+    p.add_argument("--baseline", default="baseline", help="condition every variant of a stage is compared with (default: baseline)")
+    p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every metric a finished run reports)")
+    p.add_argument("--target", type=float, default=3.28, help="validation-loss target for time-to-target and the speedrun criterion (default: 3.28)")
+    p.add_argument("--equivalence", action="append", default=[], metavar="METRIC=MARGIN",
+                   help="equivalence margin for TOST, absolute (val_loss=0.005) or relative to the baseline mean (train_time_s=1%%); repeatable")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap and Monte Carlo permutation resamples (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every resampling (default: 0)")
+    p.add_argument("--figures", dest="figures", action="store_true", default=True, help="write figures (default)")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="skip figures")
+    p.add_argument("--template", default=os.path.join(HERE, "report_template.md"), help="report template (default: report_template.md next to analyze.py)")
+    args = p.parse_args(argv)
+    if args.resamples < 100:
+        p.error(f"--resamples {args.resamples}: use at least 100 (10000 is the default)")
+    if not math.isfinite(args.target):
+        p.error("--target must be a finite number")
+    try:
+        args.equivalence_map = compute.parse_equivalence(args.equivalence)
+    except ValueError as e:
+        p.error(str(e))
+    args.metric_list = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    args.stage_list = [s.strip() for v in args.stage for s in v.split(",") if s.strip()] if args.stage else None
+    return args
+
+
+def _clean(obj):
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_atomic(path, text):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def summary_csv(res):
+    cols = ["stage", "condition", "metric", "n", "mean", "std", "sem", "ci_low", "ci_high", "median", "min", "max",
+            "p25", "p75", "p95", "cv", "boot_low", "boot_high", "shapiro_p", "deterministic", "baseline", "diff",
+            "diff_pct", "diff_ci_low", "diff_ci_high", "hedges_g", "g_low", "g_high", "p_improvement", "primary_test",
+            "p", "p_holm", "verdict"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    val = lambda x: "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else repr(x) if isinstance(x, float) else str(x)
+    for s in res["stages"]:
+        cmp = {(c["variant"], c["metric"]): c for c in s["comparisons"]}
+        for cname, dm in s["descriptive"].items():
+            for m, d in dm.items():
+                c = cmp.get((cname, m), {})
+                b, e, pr = c.get("bootstrap") or {}, c.get("effect") or {}, c.get("primary") or {}
+                row = [s["name"], cname, m] + [d[k] for k in cols[3:20]] + [
+                    s["baseline"] if c else None, c.get("diff"), c.get("diff_pct"), b.get("diff_low"), b.get("diff_high"),
+                    e.get("g"), e.get("g_low"), e.get("g_high"), b.get("poi"), pr.get("test"), pr.get("p"),
+                    pr.get("p_holm"), c.get("verdict")]
+                w.writerow([val(x) for x in row])
+    return buf.getvalue()
+
+
+def make_figures(res, curves, figdir, outdir):
+    """All figures; returns {kind: [(stage or key, relative path)]} for the report."""
+    rel = lambda p: os.path.relpath(p, outdir).replace(os.sep, "/")
+    out = {k: [] for k in ("distributions", "violins", "curves", "comparison", "gap", "sweeps")}
+    for s in res["stages"]:
+        slug = figures.slug(s["name"])
+        labels = [c["name"] for c in s["conditions"]]
+        mets = [m for m in s["metrics"] if any(s["descriptive"][c][m]["n"] for c in labels)]
+        if mets:
+            data = {m: [_finished_values(res, s, c, m) for c in labels] for m in mets}
+            out["distributions"].append((s["name"], rel(figures.distributions(os.path.join(figdir, f"{slug}_distributions.png"), mets, data, labels))))
+            out["violins"].append((s["name"], rel(figures.violins(os.path.join(figdir, f"{slug}_violins.png"), mets, data, labels))))
+        val_c, train_c = curves[s["name"]]
+        if val_c or train_c:
+            v = {k: (g, m) for k, (g, m, _, _) in val_c.items()}
+            t = {k: (g, m) for k, (g, m, _, _) in train_c.items()}
+            out["curves"].append((s["name"], rel(figures.training_curves(os.path.join(figdir, f"{slug}_training_curves.png"), t, v, labels, res["settings"]["target"]))))
+            if v:
+                out["comparison"].append((s["name"], rel(figures.loss_comparison(os.path.join(figdir, f"{slug}_loss_comparison.png"), v, labels))))
+        if s["dynamics"]["gaps"]:
+            out["gap"].append((s["name"], rel(figures.gap(os.path.join(figdir, f"{slug}_gap.png"), s["dynamics"]["gaps"], labels, s["baseline"]))))
+        for i, sw in enumerate(s["sweeps"]):
+            path = os.path.join(figdir, f"{slug}_sweep_{figures.slug(sw['param'])}_{i}.png")
+            out["sweeps"].append((f"{s['name']}::{i}", rel(figures.sweep(path, sw["param"], sw["metric"], sw["rows"]))))
+    return out
+
+
+def _finished_values(res, s, cname, metric):
+    import numpy as np
+    return np.array([r["metrics"][metric] for r in s["runs"]
+                     if r["condition"] == cname and r["outcome"] == "finished" and metric in r["metrics"]])
+
+
+def _versions():
+    import matplotlib
+    import numpy
+    import scipy
+    import tabulate
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
+            "matplotlib": matplotlib.__version__, "tabulate": tabulate.__version__}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if not os.path.isdir(args.logs):
+        print(f"analyze.py: --logs {args.logs}: no such directory (run the experiments first, or point --logs at "
+              "a folder of <stage>/<variant>/seed_<S>/ run directories or speedrun log files)", file=sys.stderr)
+        return 1
+    try:
+        with open(args.template, encoding="utf-8") as f:
+            template = f.read()
+    except OSError as e:
+        print(f"analyze.py: --template {args.template}: {e.strerror}", file=sys.stderr)
+        return 2
+    conditions, notes = loading.load(args.logs)
+    if args.stage_list:
+        known = sorted({c.stage for c in conditions})
+        unknown = [s for s in args.stage_list if s not in known]
+        if unknown:
+            print(f"analyze.py: --stage {', '.join(unknown)}: not found under {args.logs} (stages: {', '.join(known) or 'none'})",
+                  file=sys.stderr)
+            return 2
+        conditions = [c for c in conditions if c.stage in args.stage_list]
+    if not conditions or not any(c.runs for c in conditions):
+        print(f"analyze.py: nothing to analyse under {os.path.abspath(args.logs)}: looked for run directories "
+              "<stage>/<variant>/seed_<S>/ (summary.json, metrics.jsonl) and folders of speedrun log files "
+              "(lines like 'step:125/5100 val_loss:4.9584 ...'); found none", file=sys.stderr)
+        return 1
+    settings = dict(seed=args.seed, resamples=args.resamples, baseline=args.baseline, metrics=args.metric_list,
+                    target=args.target, equivalence=args.equivalence_map)
+    res, curves = compute.analyse(conditions, settings)
+    for s in res["stages"]:
+        notes.extend(s.pop("notes"))
+    res["notes"] = notes
+    for m in args.equivalence_map:
+        if not any(c["metric"] == m for s in res["stages"] for c in s["comparisons"]):
+            res["notes"].append(f"--equivalence {m}: no comparison has this metric, so no equivalence test was run")
+    out = args.out
+    outdir = os.path.dirname(os.path.abspath(out))
+    stem = os.path.splitext(os.path.basename(out))[0]
+    prefix = "" if stem == "report" else stem + "_"
+    figdir = os.path.join(outdir, f"{stem}_figures")
+    results_path = os.path.join(outdir, prefix + "results.json")
+    csv_path = os.path.join(outdir, prefix + "summary.csv")
+    res["settings"] = dict(command="python analyze.py" + (" " + shlex.join(argv) if argv else ""), logs=args.logs,
+                           stages=args.stage_list, baseline=args.baseline, metrics=args.metric_list, target=args.target,
+                           equivalence={k: f"{v[0]:g}{'%' if v[1] else ''}" for k, v in args.equivalence_map.items()},
+                           resamples=args.resamples, seed=args.seed, alpha=st.ALPHA, exact_limit=st.EXACT_LIMIT,
+                           versions=_versions())
+    rel_figs = make_figures(res, curves, figdir, outdir) if args.figures else {}
+    files = [os.path.relpath(p, outdir).replace(os.sep, "/") for p in (results_path, csv_path)]
+    if rel_figs:
+        files.append(os.path.basename(figdir) + "/")
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text, unknown = rep.render(template, res, rel_figs, files, date)
+    for u in unknown:
+        print(f"analyze.py: warning: {args.template}: unknown placeholder {{{{{u}}}}} left as a note in the report", file=sys.stderr)
+    ordered = {"settings": res["settings"], "notes": res["notes"], "stages": res["stages"], "family": res["family"]}
+    _write_atomic(results_path, json.dumps(_clean(ordered), indent=1, allow_nan=False) + "\n")
+    _write_atomic(csv_path, summary_csv(res))
+    _write_atomic(out, text)
+    n_fin = sum(1 for c in conditions for r in c.runs if r.finished)
+    n_all = sum(len(c.runs) for c in conditions)
+    print(f"analyze.py: {len(res['stages'])} stage(s), {n_all} run(s), {n_fin} finished, "
+          f"{len(res['family'])} test(s) in the Holm family -> {out}, {os.path.relpath(results_path)}, "
+          f"{os.path.relpath(csv_path)}" + (f", {os.path.relpath(figdir)}/" if rel_figs else ""))
+    if n_fin == 0:
+        print(f"analyze.py: no run under {os.path.abspath(args.logs)} finished, so no statistic could be computed "
+              "(the report lists the runs and why they failed)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
