@@ -285,7 +285,7 @@ def read_log_file(path, stage, condition):
         return run
     step, loss, ms = parsed["val"][-1]
     if not math.isfinite(loss):
-        run.status, run.reason = "diverged", f"val_loss {loss} at step {step}"
+        run.status, run.reason = "diverged", f"non-finite val_loss at step {step}"
         return run
     run.status = "ok"
     run.metrics = {"val_loss": loss, "train_time_s": ms / 1000.0}

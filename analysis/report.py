@@ -76,6 +76,13 @@ def cell(s):
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+def reason(text):
+    """A run's error line for a table: numbers that are not numbers are named, not printed as nan."""
+    if not text:
+        return DASH
+    return re.sub(r"(?i)(?<![\w.])[-+]?(nan|inf|infinity)(?![\w])", "non-finite", str(text))
+
+
 def table(rows, headers):
     return tabulate([[cell(c) for c in r] for r in rows], headers=[cell(h) for h in headers],
                     tablefmt="github", disable_numparse=True)
@@ -220,7 +227,7 @@ def data_quality(res, rel_figs):
                        "(descriptive statistics, tests, curves):\n")
             out.append(table([[r["condition"], r["name"], r["status"],
                                f"{r['steps_completed']}" + (f"/{r['total_steps']}" if r["total_steps"] else "") if r["steps_completed"] is not None else DASH,
-                               r["reason"] or DASH] for r in bad],
+                               reason(r["reason"])] for r in bad],
                              ["condition", "run", "status", "last step", "reason"]))
             out.append("")
         else:
@@ -480,7 +487,7 @@ def sweeps(res, rel_figs):
                 if best is not None and r["metric_mean"] == best:
                     mm = f"**{mm}**"
                 rows.append([str(r["value"]), r["condition"], r["runs"], mm, fmt(r["val_ppl"]), fmt_secs(r["runtime_s"]),
-                             ", ".join(state) + (f" ({'; '.join(r['reasons'])})" if r["reasons"] else "")])
+                             ", ".join(state) + (f" ({'; '.join(map(reason, r['reasons']))})" if r["reasons"] else "")])
             out.append(table(rows, ["value", "condition", "runs", f"{sw['metric']} (mean ± SD)", "val ppl", "runtime", "state"]))
             out.append("")
             key = f"{s['name']}::{i}"

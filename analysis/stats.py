@@ -442,7 +442,7 @@ def _sign_matrix(n):
 def wilcoxon(d, rng=None, resamples=10_000, limit=EXACT_LIMIT):
     """Wilcoxon signed-rank test on paired differences d (zeros dropped). Exact null without ties
     (n <= 50); with ties, exact sign-flip enumeration when 2^n <= limit; else the normal
-    approximation with tie and continuity corrections."""
+    approximation with the tie correction."""
     d = np.asarray(d, float)
     d = d[d != 0]
     n = len(d)
@@ -469,7 +469,6 @@ def wilcoxon(d, rng=None, resamples=10_000, limit=EXACT_LIMIT):
     mn = n * (n + 1) / 4
     se = math.sqrt((n * (n + 1) * (2 * n + 1) - np.sum(ties ** 3 - ties) / 2) / 24)
     z = (r_plus - mn) / se
-    z -= math.copysign(0.5 / se, z) if z != 0 else 0.0
     out.update(p=_num(2 * sps.norm.sf(abs(z))), method="normal approximation")
     return out
 
