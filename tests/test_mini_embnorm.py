@@ -1,0 +1,152 @@
+"""train_mini_embnorm.py: variants, norms, metrics by hand, run-dir outputs, reproducibility, faults."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "data"))
+import prepare_shakespeare as prep  # noqa: E402
+import train_mini_embnorm as mini  # noqa: E402
+
+TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "4", "--seq_len", "16", "--batch_size", "4",
+        "--val_seqs", "8", "--eval_batch", "4", "--num_iterations", "6", "--val_every", "3",
+        "--log_every", "2", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tinychar")
+    src = d / "text.txt"
+    lines = [f"Line {i}: to be, or not to be {'x' * (i % 7)}; that is {i * 37 % 101}." for i in range(200)]
+    src.write_text("\n".join(lines) + "\n")
+    assert prep.main(["--text", str(src), "--out", str(d / "out")]) == 0
+    return str(d / "out")
+
+
+def test_variants_share_every_parameter_but_the_norms():
+    models = {}
+    for v in mini.VARIANTS:
+        torch.manual_seed(7)
+        models[v] = dict(mini.MiniGPT(v, n_layer=2).named_parameters())
+    base = models["baseline"]
+    assert not any(k.startswith("emb_norm") for k in base)
+    for v, extra in (("layernorm", {"emb_norm.weight", "emb_norm.bias"}), ("rmsnorm", {"emb_norm.weight"})):
+        assert set(models[v]) - set(base) == extra and set(base) <= set(models[v])
+        for k, p in base.items():  # same seed: identical shared weights, so runs are paired
+            assert torch.equal(p, models[v][k]), (v, k)
+
+
+def test_embedding_norm_outputs_have_the_expected_statistics():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 128, (3, 20))
+    out = {}
+    for v in mini.VARIANTS:
+        torch.manual_seed(1)
+        m = mini.MiniGPT(v, n_layer=1)
+        with torch.no_grad():
+            m.wte.weight.add_(0.5)  # give the summed embedding a clear non-zero mean
+            raw = m.wte(idx) + m.wpe(torch.arange(20))
+            out[v] = (raw, m.embed(idx))
+    raw, x = out["baseline"]
+    assert torch.equal(x, raw)
+    _, ln = out["layernorm"]
+    torch.testing.assert_close(ln.mean(-1), torch.zeros(3, 20), atol=1e-5, rtol=0)
+    v = raw.var(-1, unbiased=False)  # LayerNorm divides by sqrt(var + eps), eps = 1e-5
+    torch.testing.assert_close(ln.var(-1, unbiased=False), v / (v + 1e-5), atol=1e-4, rtol=0)
+    assert (ln.var(-1, unbiased=False) > 0.9).all()
+    _, rms = out["rmsnorm"]
+    torch.testing.assert_close(rms.pow(2).mean(-1).sqrt(), torch.ones(3, 20), atol=1e-4, rtol=0)
+    # RMSNorm rescales without centring: the direction of the raw vector is kept.
+    torch.testing.assert_close(rms, raw / (raw.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt(), atol=1e-5, rtol=1e-5)
+    assert rms.mean() > 0.5
+
+
+def test_accuracy_and_macro_accuracy_by_hand():
+    # 6 positions, 4 classes. Predictions (argmax): 0, 1, 1, 2, 2, 3; targets: 0, 0, 1, 1, 2, 0.
+    logits = torch.tensor([[[5., 0, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0]],
+                           [[0, 0, 5, 0], [0, 0, 5, 0], [0, 0, 0, 5]]])
+    targets = torch.tensor([[0, 0, 1], [1, 2, 0]])
+    correct, count = mini.class_counts(logits, targets, 4)
+    assert correct.tolist() == [1, 1, 1, 0] and count.tolist() == [3, 2, 1, 0]
+    acc, macro = mini.accuracies(correct, count)
+    assert acc == pytest.approx(3 / 6)
+    # per class present: 0 -> 1/3, 1 -> 1/2, 2 -> 1/1; class 3 never a target, so not averaged
+    assert macro == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
+
+
+def run(data_dir, out_dir, *extra):
+    return subprocess.run([sys.executable, os.path.join(REPO, "train_mini_embnorm.py"), *TINY,
+                           "--data_dir", data_dir, "--out_dir", str(out_dir), *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_here(data_dir, out_dir, capsys, *extra):
+    """The same run in this process (saves starting Python and torch again); returns (code, stdout)."""
+    threads = torch.get_num_threads()
+    try:
+        code = mini.main([*TINY, "--data_dir", data_dir, "--out_dir", str(out_dir), *extra])
+    finally:
+        torch.set_num_threads(threads)
+    return code, capsys.readouterr().out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_same_seed_gives_identical_runs_and_full_summary(data_dir, tmp_path, capsys):
+    a = run(data_dir, tmp_path / "a", "--variant", "rmsnorm", "--seed", "5")
+    code_b, _ = run_here(data_dir, tmp_path / "b", capsys, "--variant", "rmsnorm", "--seed", "5")
+    code_c, _ = run_here(data_dir, tmp_path / "c", capsys, "--variant", "rmsnorm", "--seed", "6")
+    assert a.returncode == 0, a.stderr
+    assert code_b == 0 and code_c == 0
+    sa, sb, sc = (json.load(open(tmp_path / n / "summary.json")) for n in "abc")
+    assert sa["status"] == "ok" and sa["error"] is None and sa["steps_completed"] == 6
+    timing = {"train_time_s", "wall_time_s", "tokens_per_s", "peak_memory_mib"}
+    need = {"val_loss", "val_ppl", "grad_norm", "accuracy", "macro_accuracy", "embedding_norm",
+            "train_time_s", "tokens_per_s", "wall_time_s", "peak_memory_mib", "num_params", "train_loss"}
+    assert need <= set(sa["metrics"])
+    same = {k: v for k, v in sa["metrics"].items() if k not in timing}
+    assert same == {k: v for k, v in sb["metrics"].items() if k not in timing}
+    assert same["val_loss"] != sc["metrics"]["val_loss"]
+    assert same["val_ppl"] == pytest.approx(math.exp(same["val_loss"]))
+    assert same["embedding_norm"] == pytest.approx(math.sqrt(32), rel=0.05)  # RMSNorm, gain ~1, d=32
+    la = [r["train_loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if "train_loss" in r]
+    lb = [r["train_loss"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if "train_loss" in r]
+    assert la == lb and len(la) == 6
+    vals = [r for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in vals] == [3, 6]
+    assert f"step:6/6 val_loss:{vals[-1]['val_loss']:.4f} train_time:" in a.stdout
+    n = sum(p.numel() for p in mini.MiniGPT("rmsnorm", 128, 16, 2, 32, 4).parameters())
+    assert sa["metrics"]["num_params"] == n and f"parameters: {n:,}" in a.stdout
+    assert sa["config"]["variant"] == "rmsnorm" and sa["env"]["device"] == "cpu"
+    assert "git_commit" in sa["env"] and "git_dirty" in sa["env"]
+
+
+def test_missing_data_fails_with_the_prepare_command(tmp_path):
+    r = run(str(tmp_path / "nodata"), tmp_path / "o")
+    assert r.returncode == 1
+    s = json.load(open(tmp_path / "o" / "summary.json"))
+    assert s["status"] == "failed" and "python data/prepare_shakespeare.py" in s["error"]
+    assert "python data/prepare_shakespeare.py" in r.stderr.strip().splitlines()[-1]
+
+
+def test_nan_loss_is_reported_as_diverged(data_dir, tmp_path, capsys):
+    code, _ = run_here(data_dir, tmp_path / "o", capsys, "--lr", "inf")
+    s = json.load(open(tmp_path / "o" / "summary.json"))
+    assert code == 3 and s["status"] == "diverged" and "nan" in s["error"]
+
+
+def test_existing_run_directory_is_not_overwritten(data_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "summary.json").write_text('{"keep": true}')
+    code = mini.main([*TINY, "--data_dir", data_dir, "--out_dir", str(out)])
+    assert code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == '{"keep": true}' and not (out / "metrics.jsonl").exists()
