@@ -338,6 +338,13 @@ def test_unreachable_endpoint_gives_one_line_and_fails(tmp_path):
     assert line.startswith(f"error: cannot reach {endpoint}") and "rerun" in line
     assert not list(d.rglob("*.bin"))
 
+    env = script_env(endpoint, tmp_path / "hf_home") | {"HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, str(SCRIPT), "1", "--dir", str(d)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert "HF_HUB_OFFLINE is set" in line
+
 
 def test_wrong_repo_and_missing_file_give_one_line(hub, tmp_path):
     d = tmp_path / "fw"
