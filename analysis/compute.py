@@ -214,7 +214,14 @@ def compare(b_cond, v_cond, metric, settings, stage):
         return res
     res["testable"] = True
     if st.is_constant(b) and st.is_constant(v):
+        # every run of each side gave the same value: the difference is exact, no test applies
         res["deterministic"] = True
+        res["bootstrap"] = st.stratified_bootstrap(b, v, rng_for(*key, "boot"), 100, hb)
+        eq = settings["equivalence"].get(metric)
+        if eq is not None:
+            m = eq[0] / 100 * abs(mb) if eq[1] else eq[0]
+            res["tost"] = dict(st.tost(b, v, -m, m), margin=m, margin_spec=f"{eq[0]:g}{'%' if eq[1] else ''}")
+        return res
     res["welch"] = st.welch(b, v)
     res["mann_whitney"] = st.mann_whitney(b, v)
     res["permutation"] = st.permutation_test(b, v, rng_for(*key, "perm"), R)

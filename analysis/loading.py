@@ -143,6 +143,48 @@ def _num_or_nan(x):
     return float(x)
 
 
+_NUMBER = r"(-?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|Infinity)|NaN)"
+_FAST_LINE = re.compile(r'^\{"step": ?(\d+), ?"(train_loss|val_loss)": ?' + _NUMBER
+                        + r'(?:, ?"train_time_ms": ?' + _NUMBER + r')?[,}]', re.M)
+
+
+def _fast_curves(text):
+    """The common layout (keys in the order of docs/RUN_FORMAT.md, one object per line) read by one
+    regular expression: several times faster than json for 5,000-line files. Returns None unless
+    every line is accounted for, so anything unusual goes through the json path."""
+    if not text.endswith("\n"):
+        return None
+    rows = _FAST_LINE.findall(text)
+    if len(rows) != text.count("\n") - text.count("\n\n") - text.startswith("\n"):
+        return None
+    if text.count('"val_loss"') + text.count('"train_loss"') != len(rows):
+        return None
+    if not rows:
+        return np.zeros((0, 3)), np.zeros((0, 2))
+    arr = np.array([(a, c, d or "nan") for a, _, c, d in rows], dtype=float)
+    is_val = np.array([k == "val_loss" for _, k, _, _ in rows])
+    return arr[is_val], arr[~is_val][:, :2]
+
+
+def _rows_to_array(rows, width):
+    try:
+        arr = np.array(rows, dtype=float).reshape(-1, width)
+    except (TypeError, ValueError):
+        arr = np.array([[_num_or_nan(c) for c in row] for row in rows], dtype=float).reshape(-1, width)
+    return arr
+
+
+def _curve(arr, with_time):
+    arr = arr[np.isfinite(arr[:, 0])]
+    if not len(arr):
+        return None
+    if np.any(np.diff(arr[:, 0]) <= 0):
+        # keep the last record for a step that was logged twice (e.g. a resumed run)
+        _, last = np.unique(arr[::-1, 0], return_index=True)
+        arr = arr[::-1][last]
+    return Curve(arr[:, 0], arr[:, 1], arr[:, 2] if with_time else None)
+
+
 def read_metrics_jsonl(path, notes):
     """Validation and training curves from metrics.jsonl (None where absent)."""
     try:
@@ -153,23 +195,15 @@ def read_metrics_jsonl(path, notes):
     except OSError as e:
         notes.append(f"{path}: cannot be read ({e.strerror}); no curves for this run")
         return None, None
-    recs = _records(text, path, notes)
-    val = [(r.get("step"), r.get("val_loss"), r.get("train_time_ms")) for r in recs if "val_loss" in r]
-    train = [(r.get("step"), r.get("train_loss")) for r in recs if "train_loss" in r]
-
-    def curve(rows, with_time):
-        if not rows:
-            return None
-        arr = np.array([[_num_or_nan(c) for c in row] for row in rows], dtype=float)
-        arr = arr[np.isfinite(arr[:, 0])]
-        if not len(arr):
-            return None
-        # keep the last record for a step that was logged twice (e.g. a resumed run)
-        _, last = np.unique(arr[::-1, 0], return_index=True)
-        arr = arr[::-1][last]
-        return Curve(arr[:, 0], arr[:, 1], arr[:, 2] if with_time else None)
-
-    return curve(val, True), curve(train, False)
+    fast = _fast_curves(text)
+    if fast is not None:
+        va, tr = fast
+    else:
+        recs = _records(text, path, notes)
+        va = _rows_to_array([(r.get("step"), r.get("val_loss"), r.get("train_time_ms")) for r in recs
+                             if "val_loss" in r], 3)
+        tr = _rows_to_array([(r.get("step"), r.get("train_loss")) for r in recs if "train_loss" in r], 2)
+    return (_curve(va, True) if len(va) else None), (_curve(tr, False) if len(tr) else None)
 
 
 def _last_error_line(path):
@@ -315,9 +349,33 @@ def _stage_of(root, cond_dir):
     return parent.replace(os.sep, "/")
 
 
-def load(root):
+_PARALLEL_FROM = 64   # runs; below this a process pool costs more than it saves
+
+
+def _read_task(task):
+    kind, path, stage, name = task
+    return (read_run_dir if kind == "rundir" else read_log_file)(path, stage, name)
+
+
+def _read_all(tasks, workers):
+    """Read every run; with many runs, in a pool of processes (parsing is CPU-bound)."""
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if workers > 1 and len(tasks) >= _PARALLEL_FROM:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        try:
+            ctx = mp.get_context("fork")
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                return list(pool.map(_read_task, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+        except (OSError, ValueError, cf.process.BrokenProcessPool):
+            pass  # no fork here (or no resources): read them in this process
+    return [_read_task(t) for t in tasks]
+
+
+def load(root, workers=None):
     """Every condition under root, sorted by (stage, name). Returns (conditions, notes)."""
-    conditions, notes = [], []
+    conditions, notes, tasks = [], [], []
     root = os.path.normpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -331,7 +389,7 @@ def load(root):
             if cond.experiment is None and "experiment.json" not in filenames:
                 cond.notes.append(f"{dirpath}: no experiment.json (runner record missing)")
             for d in sorted(seed_dirs, key=lambda s: int(_SEED_DIR.match(s).group(1))):
-                cond.runs.append(read_run_dir(os.path.join(dirpath, d), stage, name))
+                tasks.append((cond, ("rundir", os.path.join(dirpath, d), stage, name)))
             if not seed_dirs:
                 cond.notes.append(f"{dirpath}: experiment.json but no seed_<S> run directories yet")
             conditions.append(cond)
@@ -342,7 +400,10 @@ def load(root):
             stage = _stage_of(root, dirpath) if dirpath != root else ""
             name = os.path.basename(os.path.abspath(dirpath))
             cond = Condition(stage or name, name, dirpath, "log")
-            cond.runs = [read_log_file(os.path.join(dirpath, f), cond.stage, name) for f in logs]
+            for f in logs:
+                tasks.append((cond, ("log", os.path.join(dirpath, f), cond.stage, name)))
             conditions.append(cond)
+    for (cond, _), run in zip(tasks, _read_all([t for _, t in tasks], workers)):
+        cond.runs.append(run)
     conditions.sort(key=lambda c: (c.stage, c.name))
     return conditions, notes

@@ -119,11 +119,18 @@ def _cmp_line(c):
     bits = [f"{fmt(c['mean_v'])} vs {fmt(c['mean_b'])}",
             f"{fmt_signed(c['diff'])} ({fmt_pct(c['diff_pct'])}, {_dir_word(c)})"]
     ci = (c.get("bootstrap") or {})
-    if ci.get("diff_low") is not None:
+    if c["deterministic"]:
+        bits.append("the same in every run of each condition")
+    elif ci.get("diff_low") is not None:
         bits.append(f"95% CI {fmt_ci(ci['diff_low'], ci['diff_high'])}")
     if p.get("p_holm") is not None:
         bits.append(f"{p['test']} p = {fmt_p(p['p'])}, Holm-adjusted {fmt_p(p['p_holm'])}")
-    return f"`{c['metric']}`: " + "; ".join(bits) + f" → **{c['verdict']}**"
+    tail = " (caveats in §7)" if c.get("caveats") and c["verdict"] in _HEADLINE else ""
+    return f"`{c['metric']}`: " + "; ".join(bits) + f" → **{c['verdict']}**{tail}"
+
+
+_HEADLINE = {"significantly better", "significantly worse", "significant difference", "equivalent",
+             "deterministic difference"}
 
 
 def executive_summary(res):
@@ -140,9 +147,19 @@ def executive_summary(res):
         for c in s["comparisons"]:
             by_variant.setdefault(c["variant"], []).append(c)
         for v, cs in by_variant.items():
-            out.append(f"  - **{v}** vs {s['baseline']} (finished runs: {cs[0]['n_v']} vs {cs[0]['n_b']}):")
-            for c in cs:
+            if all(c["n_v"] == 0 for c in cs):
+                out.append(f"  - **{v}**: no finished run, nothing to compare (see §2).")
+                continue
+            out.append(f"  - **{v}** vs {s['baseline']} (finished runs: {max(c['n_v'] for c in cs)} vs {max(c['n_b'] for c in cs)}):")
+            shown = [c for i, c in enumerate(cs) if i == 0 or c["verdict"] in _HEADLINE]
+            for c in shown:
                 out.append(f"    - {_cmp_line(c)}")
+            rest = {}
+            for c in cs:
+                if c not in shown and c["verdict"] != "no data":
+                    rest.setdefault(c["verdict"], []).append(code(c["metric"]))
+            for verdict_, ms in rest.items():
+                out.append(f"    - {verdict_}: {', '.join(ms)}")
         sp = s["dynamics"]["speedrun"]
         if sp:
             met = [k for k, v in sp.items() if v["p"] is not None and v["p"] < 0.01]
@@ -395,6 +412,12 @@ def comparisons(res):
             by_variant.setdefault(c["variant"], []).append(c)
         for v, cs in by_variant.items():
             out.append(f"#### `{v}` vs `{s['baseline']}`\n")
+            nodata = [c["metric"] for c in cs if c["verdict"] == "no data"]
+            cs = [c for c in cs if c["verdict"] != "no data"]
+            if nodata:
+                out.append(f"No finished run of one side reports {', '.join(map(code, nodata))}.\n")
+            if not cs:
+                continue
             rows = []
             for c in cs:
                 b, e = c.get("bootstrap") or {}, c.get("effect") or {}
