@@ -1,0 +1,53 @@
+"""Shared fixtures: small token shards in the project's shard format (docs/DATA.md), written to tmp_path."""
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARD_MAGIC, SHARD_VERSION = 20240520, 1
+
+
+def write_shard(path, tokens, magic=SHARD_MAGIC, version=SHARD_VERSION, count=None):
+    """Write `tokens` as one shard: 256 little-endian int32 header ([0] magic, [1] version, [2] count),
+    then the tokens as little-endian uint16. `magic`, `version`, `count` can be set wrong on purpose."""
+    tokens = np.asarray(tokens)
+    assert tokens.min() >= 0 and tokens.max() < 2**16
+    header = np.zeros(256, dtype="<i4")
+    header[0], header[1] = magic, version
+    header[2] = len(tokens) if count is None else count
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2").tobytes())
+    return str(path)
+
+
+def learnable_tokens(n, vocab=64, seed=0):
+    """A token stream a small model can learn in a few steps: a fixed random successor table with
+    occasional random jumps, so the next token is usually predictable from the current one."""
+    rng = np.random.default_rng(seed)
+    succ = np.random.default_rng(1234).permutation(vocab)
+    out = np.empty(n, dtype=np.int64)
+    t = 0
+    jumps = rng.random(n) < 0.1
+    rand = rng.integers(0, vocab, n)
+    for i in range(n):
+        t = rand[i] if jumps[i] else succ[t]
+        out[i] = t
+    return out
+
+
+@pytest.fixture
+def make_shards(tmp_path):
+    """make_shards(name, n_train_shards, tokens_per_shard, n_val_tokens, vocab) -> (train_glob, val_glob).
+
+    Writes <name>_train_%06d.bin and <name>_val_000000.bin under tmp_path/<name>/, filled with
+    `learnable_tokens` (different streams per shard)."""
+    def make(name="synth", n_train=2, train_tokens=40_000, val_tokens=20_000, vocab=64):
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        for i in range(n_train):
+            write_shard(d / f"{name}_train_{i:06d}.bin", learnable_tokens(train_tokens, vocab, seed=100 + i))
+        write_shard(d / f"{name}_val_000000.bin", learnable_tokens(val_tokens, vocab, seed=99))
+        return str(d / f"{name}_train_*.bin"), str(d / f"{name}_val_*.bin")
+    return make
