@@ -25,7 +25,7 @@ RECORD_WARMDOWN=1450
 # The demo's iteration counts, chosen by measurement on 2 CPU cores (docs/runner.md).
 DEMO_TINY_ITERS=${DEMO_TINY_ITERS:-200}
 DEMO_EMBNORM_ITERS=${DEMO_EMBNORM_ITERS:-300}
-POLL_S=0.3        # how often the progress monitor looks at the run's log
+POLL_S=0.5        # how often the progress monitor looks at the run's log (it starts faster)
 HEARTBEAT_S=60    # a progress line at least this often while a run prints no new val loss
 
 die() { printf 'run_experiments.sh: %s\n' "$*" >&2; exit 2; }
@@ -440,7 +440,9 @@ cmd_string() {  # the exact command of run i, as a shell line
     launch_cmd "$1"
     local line
     printf -v line '%q ' "${CMD[@]}"
-    printf 'cd %q && CUDA_VISIBLE_DEVICES=%q %s' "$SCRIPTS_DIR" "$CUDA_VISIBLE_DEVICES" "${line% }"
+    local cvd
+    if [[ $CUDA_VISIBLE_DEVICES =~ ^[0-9,]+$ ]]; then cvd=$CUDA_VISIBLE_DEVICES; else printf -v cvd '%q' "$CUDA_VISIBLE_DEVICES"; fi
+    printf 'cd %q && CUDA_VISIBLE_DEVICES=%s %s' "$SCRIPTS_DIR" "$cvd" "${line% }"
 }
 
 note "== $STAGE: $N_PLANNED run(s), $N_TODO to run; logs: $LOGS_ABS"
@@ -584,6 +586,7 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
     local stage_el; stage_el=$(($(now) - STAGE_T0))
     note "$label: ${P_ACTION[i]} (stage elapsed $(fmt_dur "$stage_el"))"
     t0=$(now); last_print=$t0
+    local t0_precise=$EPOCHREALTIME t1_precise
     if [[ ! -f $SCRIPTS_DIR/${P_SCRIPT[i]} ]]; then
         printf 'FileNotFoundError: %s is not in %s (the trainer script does not exist yet?)\n' "${P_SCRIPT[i]}" "$SCRIPTS_DIR" >>"$log"
         rc=127
@@ -593,8 +596,10 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
         CHILD=$!
         local tail_pid=""
         if ((VERBOSE)); then tail -c +$((offset + 1)) -f --pid="$CHILD" "$log" & tail_pid=$!; fi
+        local poll=0.05
         while kill -0 "$CHILD" 2>/dev/null; do
-            sleep "$POLL_S"
+            sleep "$poll"
+            [[ $poll == "$POLL_S" ]] || poll=$(case $poll in 0.05) echo 0.1 ;; 0.1) echo 0.2 ;; *) echo "$POLL_S" ;; esac)
             line=$(tail -c 65536 "$log" 2>/dev/null | grep -a -E '^step:[0-9]+/[0-9]+ ' | tail -n 1)
             [[ -z $line ]] && { ((($(now) - last_print) >= HEARTBEAT_S)) || continue; }
             step="" total="" val=""
@@ -612,9 +617,10 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
         CHILD=""
         [[ -n $tail_pid ]] && wait "$tail_pid" 2>/dev/null
     fi
+    t1_precise=$EPOCHREALTIME
     el=$(($(now) - t0))
     printf '=== run_experiments.sh %s: exit code %s after %ss\n' "$(date -u +%FT%TZ)" "$rc" "$el" >>"$log"
-    local -a fin=(--log "$log" --exit-code "$rc" --elapsed "$el" --timeout "$TIMEOUT" --script "${P_SCRIPT[i]}"
+    local -a fin=(--log "$log" --exit-code "$rc" --elapsed "$el" --t0 "$t0_precise" --t1 "$t1_precise" --timeout "$TIMEOUT" --script "${P_SCRIPT[i]}"
                   --variant "${P_VARIANT[i]}" --seed "${P_SEED[i]}" --repo "$SCRIPTS_DIR")
     ((INTERRUPTED)) && fin+=(--interrupted)
     local desc status vloss wall err
@@ -626,9 +632,12 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
         desc=$("$PYTHON" "$HELPER" finish "$dir" "${fin[@]}")
     else
         desc=$("$PYTHON" "$HELPER" describe "$dir")
-        [[ $desc == none* ]] && desc="$( ((rc == 0)) && echo ok || echo failed)		$el	exit code $rc (node $NODE_RANK; node 0 writes summary.json)"
+        if [[ $desc == none* ]]; then
+            local st=failed; ((rc == 0)) && st=ok
+            desc="$st"$'\x1f\x1f'"$el"$'\x1f'"exit code $rc on node $NODE_RANK (node 0 writes summary.json)"
+        fi
     fi
-    IFS=$'\t' read -r status vloss wall err <<<"$desc"
+    IFS=$'\x1f' read -r status vloss wall err <<<"$desc"
     if [[ $status == ok ]]; then
         note "$label: ok${vloss:+ val_loss $vloss} in $(fmt_dur "$el")"
     else
@@ -646,7 +655,7 @@ if ((N_TODO > 0 && NODE_RANK == 0)); then write_experiments; fi
 k=0
 for ((i = 0; i < N_PLANNED; i++)); do
     if [[ ${P_ACTION[i]} == skip ]]; then
-        IFS=$'\t' read -r status vloss wall err <<<"$("$PYTHON" "$HELPER" describe "${P_DIR[i]}")"
+        IFS=$'\x1f' read -r status vloss wall err <<<"$("$PYTHON" "$HELPER" describe "${P_DIR[i]}")"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "skipped" \
             "$status" "$vloss" "$wall" "$err" >>"$ROWS_FILE"
         note "skip ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}: summary.json says $status (--force reruns it)"

@@ -141,11 +141,14 @@ def describe(run_dir):
     wall = m.get("wall_time_s")
     err = s.get("error") or ""
     return (s["status"], f"{val:.4f}" if isinstance(val, (int, float)) else "",
-            f"{wall:.0f}" if isinstance(wall, (int, float)) else "", " ".join(str(err).split()))
+            f"{wall:.1f}" if isinstance(wall, (int, float)) else "", " ".join(str(err).split()))
+
+
+SEP = "\x1f"  # the runner reads these fields with bash's read, which would merge empty tab-separated ones
 
 
 def cmd_describe(a):
-    print("\t".join(describe(a.run_dir)))
+    print(SEP.join(describe(a.run_dir)))
 
 
 def cmd_finish(a):
@@ -153,6 +156,8 @@ def cmd_finish(a):
     run_dir = a.run_dir
     path = os.path.join(run_dir, "summary.json")
     lines = read_log_lines(a.log) if a.log else []
+    if a.t0 and a.t1:  # precise wall time from the runner's clock readings around the run
+        a.elapsed = float(a.t1.replace(",", ".")) - float(a.t0.replace(",", "."))
     timed_out = a.timeout > 0 and (a.exit_code in (124, 137) or a.elapsed >= a.timeout) and not a.interrupted
     s, state = load_summary(run_dir)
     if state == "corrupt":  # keep the unreadable file, write ours beside it
@@ -165,7 +170,7 @@ def cmd_finish(a):
             s["status"] = "timeout"
             s["error"] = f"timed out after {a.timeout:g} s (--timeout); the trainer said: {s.get('error')}"
             atomic_write_json(path, s)
-        print("\t".join(describe(run_dir)))
+        print(SEP.join(describe(run_dir)))
         return
     step, total, val = log_progress(lines)
     if timed_out:
@@ -198,7 +203,7 @@ def cmd_finish(a):
     }
     os.makedirs(run_dir, exist_ok=True)
     atomic_write_json(path, summary)
-    print("\t".join(describe(run_dir)))
+    print(SEP.join(describe(run_dir)))
 
 
 def parse_overrides(args):
@@ -301,6 +306,8 @@ def main(argv=None):
     s.add_argument("--exit-code", type=int, required=True)
     s.add_argument("--elapsed", type=float, required=True)
     s.add_argument("--timeout", type=float, default=0)
+    s.add_argument("--t0", default="")
+    s.add_argument("--t1", default="")
     s.add_argument("--interrupted", action="store_true")
     s.add_argument("--script", default="")
     s.add_argument("--variant", default="")
