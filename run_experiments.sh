@@ -629,7 +629,8 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
         if ((NNODES > 1 && rc == 0)); then
             local w; for ((w = 0; w < 60; w++)); do [[ -f $dir/summary.json ]] && break; sleep 0.5; done
         fi
-        desc=$("$PYTHON" "$HELPER" finish "$dir" "${fin[@]}")
+        desc=$("$PYTHON" "$HELPER" finish "$dir" "${fin[@]}") ||
+            note "$label: warning: runner/runinfo.py could not record the run's summary.json"
     else
         desc=$("$PYTHON" "$HELPER" describe "$dir")
         if [[ $desc == none* ]]; then

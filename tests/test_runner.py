@@ -310,17 +310,35 @@ TINY = ["--sequence_length", "32", "--batch_size", "4", "--device_batch_size", "
         "--n_embd", "32", "--n_head", "2", "--val_tokens", "256", "--val_loss_every", "2", "--vocab_size", "64"]
 
 
+def write_shard(path, tokens):
+    """docs/DATA.md: 256 little-endian int32 header (magic 20240520, version 1, count), then uint16 tokens."""
+    import numpy as np
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes())
+
+
 @pytest.fixture
-def shards(make_shards):
-    train, val = make_shards("synth", n_train=1, train_tokens=20_000, val_tokens=2_000, vocab=64)
-    return ["--input_bin", train, "--input_val_bin", val]
+def shards(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    succ = rng.permutation(64)  # a learnable stream: mostly a fixed successor of the previous token
+    toks = [0]
+    for jump in rng.random(22_000) < 0.1:
+        toks.append(int(rng.integers(64)) if jump else int(succ[toks[-1]]))
+    d = tmp_path / "shards"
+    d.mkdir()
+    write_shard(d / "synth_train_000000.bin", toks[:20_000])
+    write_shard(d / "synth_val_000000.bin", toks[20_000:])
+    return ["--input_bin", str(d / "synth_train_*.bin"), "--input_val_bin", str(d / "synth_val_*.bin")]
 
 
 @need_real
 def test_real_trainer_bad_flag_fails_one_run_while_the_other_finishes(tmp_path, shards):
     # An interpreter wrapper that appends a flag train_gpt.py does not know to the run of seed 2 only.
     wrapper = tmp_path / "py"
-    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"--seed 2 "*) exec {sys.executable} "$@" --no_such_flag 1;; esac\n'
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"train_gpt.py --seed 2 "*) exec {sys.executable} "$@" --no_such_flag 1;; esac\n'
                        f'exec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     logs = tmp_path / "logs"
@@ -359,9 +377,11 @@ def test_two_torchrun_agents_on_loopback_equal_one_two_process_run(tmp_path, sha
     a = summary(one / "stage_a" / "baseline" / "seed_3")
     b = summary(two / "stage_a" / "baseline" / "seed_3")
     assert a["status"] == b["status"] == "ok"
-    assert a["env"].get("world_size", 2) == b["env"].get("world_size", 2)
+    assert (a["env"]["processes"], a["env"]["nodes"]) == (2, 1) and (b["env"]["processes"], b["env"]["nodes"]) == (2, 2)
+    # gloo's sum of two gradients does not depend on which node holds which rank: the same numbers
     for key in ("val_loss", "train_loss"):
         assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-6, abs=1e-6), key
+    assert a["metrics"]["val_loss"] < 4.0  # it trained (the untrained loss is about ln 64 = 4.16)
     exp = json.loads((two / "stage_a" / "baseline" / "experiment.json").read_text())
     assert exp["nnodes"] == 2 and "--rdzv_backend=c10d" in exp["command"]
     assert os.path.exists(two / "stage_a" / "baseline" / "seed_3" / "stdout.node1.log")
