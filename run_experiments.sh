@@ -25,6 +25,9 @@ RECORD_WARMDOWN=1450
 # The demo's iteration counts, chosen by measurement on 2 CPU cores (docs/runner.md).
 DEMO_TINY_ITERS=${DEMO_TINY_ITERS:-200}
 DEMO_EMBNORM_ITERS=${DEMO_EMBNORM_ITERS:-300}
+# The tiny preset's own warm-down proportion (train_gpt.py: 40 of 200 iterations).
+TINY_WARMDOWN_RATIO="40/200"
+tiny_warmdown() { echo $((($1 * ${TINY_WARMDOWN_RATIO%/*} + ${TINY_WARMDOWN_RATIO#*/} / 2) / ${TINY_WARMDOWN_RATIO#*/})); }
 POLL_S=0.5        # how often the progress monitor looks at the run's log (it starts faster)
 HEARTBEAT_S=60    # a progress line at least this often while a run prints no new val loss
 
@@ -87,8 +90,8 @@ embnorm layernorm train_mini_embnorm.py 1 - --variant layernorm
 embnorm rmsnorm train_mini_embnorm.py 1 - --variant rmsnorm" ;;
         tiny)
             S_DESC="the demo's first half: --preset tiny baseline vs palm on CPU, $DEMO_TINY_ITERS iterations, 3 seeds"
-            S_KIND=cpu
-            S_HP="--preset tiny --num_iterations $DEMO_TINY_ITERS --warmdown_iters $(((DEMO_TINY_ITERS * RECORD_WARMDOWN + RECORD_ITERS / 2) / RECORD_ITERS))"
+            S_KIND=cpu; S_WARMDOWN_RATIO=$TINY_WARMDOWN_RATIO
+            S_HP="--preset tiny --num_iterations $DEMO_TINY_ITERS --warmdown_iters $(tiny_warmdown "$DEMO_TINY_ITERS")"
             S_RUNS="tiny baseline train_gpt.py 1 - --preset tiny
 tiny palm train_gpt_palm.py 1 - --preset tiny" ;;
         demo)
@@ -365,7 +368,6 @@ case $STAGE in
             note "note: train_gpt_palm.py is not here yet; the demo runs the tiny baseline alone"
             S_RUNS=$(grep -v ' palm ' <<<"$S_RUNS")
         fi
-        S_HP="--preset tiny --num_iterations $DEMO_TINY_ITERS --warmdown_iters $(((DEMO_TINY_ITERS * RECORD_WARMDOWN + RECORD_ITERS / 2) / RECORD_ITERS))"
         plan_stage
         define_stage embnorm
         S_HP="--num_iterations $DEMO_EMBNORM_ITERS"
