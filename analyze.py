@@ -181,7 +181,8 @@ def main(argv=None):
               "(lines like 'step:125/5100 val_loss:4.9584 ...'); found none", file=sys.stderr)
         return 1
     settings = dict(seed=args.seed, resamples=args.resamples, baseline=args.baseline, metrics=args.metric_list,
-                    target=args.target, equivalence=args.equivalence_map)
+                    target=args.target, equivalence=args.equivalence_map,
+                    target_explicit=any(a == "--target" or a.startswith("--target=") for a in argv))
     res, curves = compute.analyse(conditions, settings)
     for s in res["stages"]:
         notes.extend(s.pop("notes"))

@@ -18,7 +18,7 @@ METRIC_ORDER = ["val_loss", "val_ppl", "train_loss", "accuracy", "macro_accuracy
                 "wall_time_s", "tokens_per_s", "peak_memory_mib", "grad_norm", "embedding_norm",
                 "num_params"]
 # config keys that label a run rather than set a hyperparameter
-_NOT_HYPERPARAMETERS = {"seed", "out_dir", "run_dir", "output_dir", "log_dir", "resume", "variant",
+_NOT_HYPERPARAMETERS = {"_positional", "seed", "out_dir", "run_dir", "output_dir", "log_dir", "resume", "variant",
                         "name", "run_name", "run_id", "script", "save_every", "device",
                         "input_bin", "input_val_bin", "data_dir"}
 
@@ -157,7 +157,7 @@ def find_sweeps(configs):
     if len(names) < 2:
         return []
     keys = sorted(set().union(*(configs[n].keys() for n in names)))
-    varying = [k for k in keys if len({repr(configs[n].get(k)) for n in names}) > 1]
+    varying = [k for k in keys if len({repr(configs[n][k]) for n in names if k in configs[n]}) > 1]
     sweeps = []
     for k in varying:
         others = [o for o in varying if o != k]
@@ -292,8 +292,13 @@ def _nan_to_none(a):
 def training_dynamics(conds, baseline, settings):
     val = _curve_block(conds, "val")
     train = _curve_block(conds, "train")
+    # the target is a speedrun convention: applied to the speedrun scripts and plain speedrun logs,
+    # or to anything when the user gave --target
+    scripts = {r.script or "" for c in conds for r in c.runs} | {(c.experiment or {}).get("script") or "" for c in conds}
+    applies = (settings.get("target_explicit") or any(c.source == "log" for c in conds)
+               or any(str(s).startswith("train_gpt") for s in scripts))
     out = dict(val={}, train_available=sorted(train), gaps={}, time_to_target={}, iso_loss={},
-               speedrun={}, target=settings["target"])
+               speedrun={}, target=settings["target"], target_applies=bool(applies))
     for name, (grid, mat, tmat, runs) in val.items():
         cnt, mean, sd = st.mean_sd(mat)
         _, tmean, _ = st.mean_sd(tmat)
@@ -310,8 +315,9 @@ def training_dynamics(conds, baseline, settings):
             a = arr[np.isfinite(arr)]
             ttt[f"{label}_mean"] = float(a.mean()) if len(a) else None
             ttt[f"{label}_sd"] = float(a.std(ddof=1)) if len(a) > 1 else None
-        out["time_to_target"][name] = ttt
-    for c in conds:
+        if applies:
+            out["time_to_target"][name] = ttt
+    for c in conds if applies else []:
         finals = np.array([r.metrics["val_loss"] for r in c.finished_runs if "val_loss" in r.metrics])
         if len(finals):
             out["speedrun"][c.name] = st.one_sample_less(finals, settings["target"])
@@ -398,8 +404,12 @@ def analyse_stage(stage, conds, settings):
         exp = c.experiment or {}
         configs[c.name] = condition_config(c)
         scripts = sorted({r.script for r in c.runs if r.script} | ({exp["script"]} if isinstance(exp.get("script"), str) else set()))
+        planned = exp.get("seeds") if isinstance(exp.get("seeds"), list) else []
+        present = {r.seed for r in c.runs}
+        not_started = sorted(s_ for s_ in planned if isinstance(s_, int) and s_ not in present)
         conditions.append(dict(
             name=c.name, source=c.source, path=c.path, runs=len(c.runs), finished=len(c.finished_runs),
+            planned_seeds=planned, not_started=not_started,
             outcomes=counts, seeds=sorted(r.seed for r in c.runs if r.seed is not None),
             finished_seeds=sorted(r.seed for r in c.finished_runs if r.seed is not None),
             scripts=scripts, env=_env_summary(c.runs), config=configs[c.name],

@@ -161,7 +161,7 @@ def executive_summary(res):
             for verdict_, ms in rest.items():
                 out.append(f"    - {verdict_}: {', '.join(ms)}")
         sp = s["dynamics"]["speedrun"]
-        if sp:
+        if sp and s["dynamics"]["target_applies"]:
             met = [k for k, v in sp.items() if v["p"] is not None and v["p"] < 0.01]
             out.append(f"  - Speedrun criterion (mean final val loss < {fmt(s['dynamics']['target'])}, one-sided t-test p < 0.01): "
                        + (", ".join(f"`{k}` meets it" for k in met) if met else "no condition meets it") + ".")
@@ -185,7 +185,7 @@ def design(res):
         rows = []
         for c in s["conditions"]:
             env = c["env"]
-            joined = lambda k: ", ".join(str(x) for x in env.get(k, [])) or DASH
+            joined = lambda k: ", ".join(str(x) for x in env.get(k, []) if x is not None) or DASH
             commit = c["git_commit"] or joined("git_commit")
             rows.append([c["name"] + (" (baseline)" if c["name"] == s["baseline"] else ""),
                          ", ".join(c["scripts"]) or ("speedrun log files" if c["source"] == "log" else DASH),
@@ -198,7 +198,7 @@ def design(res):
         cfgs = {c["name"]: c["config"] for c in s["conditions"] if c["config"]}
         if cfgs:
             keys = sorted(set().union(*cfgs.values()))
-            differ = [k for k in keys if len({repr(cfg.get(k)) for cfg in cfgs.values()}) > 1]
+            differ = [k for k in keys if len({repr(cfg[k]) for cfg in cfgs.values() if k in cfg}) > 1]
             same = [k for k in keys if k not in differ]
             if differ:
                 out.append("Hyperparameters that differ between conditions:\n")
@@ -209,8 +209,8 @@ def design(res):
                 out.append("No hyperparameter differs between the conditions' recorded configs "
                            "(the variants differ in their script or code path).\n")
             if same:
-                first = next(iter(cfgs.values()))
-                out.append("Shared hyperparameters: " + ", ".join(f"{k}={first[k]}" for k in same) + ".\n")
+                val = lambda k: next(cfg[k] for cfg in cfgs.values() if k in cfg)
+                out.append("Shared hyperparameters: " + ", ".join(f"{k}={val(k)}" for k in same) + ".\n")
         else:
             out.append("No configuration was recorded for these runs (summary.json `config` / experiment.json overrides).\n")
         cmds = [(c["name"], c["command"]) for c in s["conditions"] if c["command"]]
@@ -234,10 +234,15 @@ def data_quality(res, rel_figs):
             o = c["outcomes"]
             rate = 100 * c["finished"] / c["runs"] if c["runs"] else None
             rows.append([c["name"], c["runs"], o.get("finished", 0), o.get("diverged", 0), o.get("crashed", 0),
-                         o.get("unfinished", 0), o.get("unreadable", 0), f"{rate:.0f}%" if rate is not None else DASH])
+                         o.get("unfinished", 0), o.get("unreadable", 0), f"{rate:.0f}%" if rate is not None else DASH,
+                         len(c["not_started"])])
         out.append(table(rows, ["condition", "runs", "finished", "diverged", "crashed (oom/failed/timeout/interrupted)",
-                                "unfinished", "unreadable", "success"]))
+                                "unfinished", "unreadable", "success", "planned, not started"]))
         out.append("")
+        waiting = [(c["name"], c["not_started"]) for c in s["conditions"] if c["not_started"]]
+        if waiting:
+            out.append("Seeds planned in experiment.json with no run directory yet: "
+                       + "; ".join(f"`{n}` {', '.join(map(str, ss))}" for n, ss in waiting) + ".\n")
         bad = [r for r in s["runs"] if r["outcome"] != "finished"]
         if bad:
             out.append(f"{len(bad)} run(s) did not finish and are left out of every statistic below "
@@ -307,7 +312,7 @@ def descriptive(res):
             for c in s["conditions"]:
                 d = s["descriptive"][c["name"]][m]
                 if d["n"] == 0:
-                    rows.append([c["name"], 0] + [DASH] * 11 + ["no finished run reports it"])
+                    rows.append([c["name"], 0] + [DASH] * 10 + ["no finished run reports it"])
                     continue
                 note = "deterministic (zero variance)" if d["deterministic"] else ("one run: no spread" if d["n"] == 1 else "")
                 rows.append([c["name"], d["n"], fmt(d["mean"]), fmt(d["std"], 3), fmt(d["sem"], 3),
@@ -367,6 +372,9 @@ def training(res, rel_figs):
             out.append(table(rows, ["variant", "loss level", "baseline step", "variant step", "speedup (steps)",
                                     "baseline time", "variant time", "speedup (time)"]))
             out.append("")
+        if not dyn["target_applies"]:
+            out.append(f"Time to target and the speedrun criterion are not computed: no condition here runs a speedrun "
+                       f"script (train_gpt*.py) or comes from speedrun logs; pass --target to compute them.\n")
         sp = dyn["speedrun"]
         if sp:
             out.append(f"**Speedrun criterion**: final validation loss below {fmt(dyn['target'])} by a one-sample t-test "
