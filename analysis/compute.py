@@ -459,6 +459,7 @@ def analyse_stage(stage, conds, settings):
                              crashed=cd["outcomes"].get("crashed", 0),
                              other=cd["runs"] - sum(cd["outcomes"].get(k, 0) for k in ("finished", "diverged", "crashed")),
                              metric_mean=d.get("mean"), metric_sd=d.get("std"),
+                             values=[r.metrics[sweep_metric] for r in cobj.finished_runs if sweep_metric in r.metrics],
                              val_ppl=float(np.mean(ppl)) if ppl else None,
                              runtime_s=float(np.mean(rt)) if rt else None, reasons=reasons))
         sweeps.append(dict(param=param, fixed=fixed, metric=sweep_metric, rows=rows))

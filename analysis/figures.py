@@ -211,6 +211,10 @@ def sweep(path, param, metric, rows):
     if ok:
         ax.errorbar([x for x, _ in ok], [r["metric_mean"] for _, r in ok],
                     yerr=[r["metric_sd"] or 0 for _, r in ok], marker="o", capsize=3, color=color(0))
+    for x, r in ok:
+        vals = r.get("values") or []
+        if len(vals) > 1:
+            ax.scatter([x] * len(vals), vals, s=10, color=color(0), alpha=0.4, zorder=3)
     bad = [x for x, r in zip(xs, rows) if r["metric_mean"] is None]
     if bad:
         top = max([r["metric_mean"] for _, r in ok], default=1.0)
@@ -223,7 +227,7 @@ def sweep(path, param, metric, rows):
         ax.set_xticklabels([str(r["value"]) for r in rows], rotation=20, fontsize=8)
     ax.set_xlabel(param)
     ax.set_ylabel(metric or "")
-    ax.set_title(f"{metric} against {param} (mean +- SD)", fontsize=10)
+    ax.set_title(f"{metric} against {param} (mean +- SD, runs as dots)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

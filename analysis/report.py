@@ -37,6 +37,15 @@ def fmt(x, sig=5):
     return f"{x:.{sig - 1}e}"
 
 
+def fmt_raw(x):
+    """A recorded value with up to 6 significant digits and no padding zeros."""
+    if not _ok(x):
+        return DASH
+    if x == int(x) and abs(x) < 1e15:
+        return f"{int(x):,}"
+    return f"{x:,.0f}" if abs(x) >= 1e5 else f"{x:.6g}"
+
+
 def fmt_signed(x, sig=4):
     s = fmt(x, sig)
     return s if s == DASH or s.startswith("-") or x == 0 else "+" + s
@@ -674,6 +683,28 @@ def limitations(res):
     return "\n".join(f"- {x}" for x in out)
 
 
+def runs_appendix(res):
+    """Every run with its final numbers, straight from its summary.json (or log file)."""
+    out = []
+    for s in res["stages"]:
+        mets = s["metrics"][:8]
+        rows = []
+        for r in s["runs"]:
+            steps = DASH if r["steps_completed"] is None else (
+                f"{r['steps_completed']}" + (f"/{r['total_steps']}" if r["total_steps"] else ""))
+            rows.append([r["condition"], r["name"], DASH if r["seed"] is None else r["seed"], r["status"], steps]
+                        + [fmt_raw(r["metrics"].get(m)) for m in mets])
+        if not rows:
+            continue
+        body = table(rows, ["condition", "run", "seed", "status", "steps"] + mets)
+        title = f"Stage `{s['name']}`: {len(rows)} run(s)"
+        if len(rows) > 30:
+            out.append(f"<details><summary>{title}</summary>\n\n{body}\n\n</details>\n")
+        else:
+            out.append(f"{title}:\n\n{body}\n")
+    return "\n".join(out).strip() or "No runs."
+
+
 def reproducibility(res, files):
     set_ = res["settings"]
     out = [f"- Command: `{set_['command']}`",
@@ -698,7 +729,7 @@ def render(template, res, rel_figs, files, date):
         executive_summary=executive_summary(res), design=design(res), data_quality=data_quality(res, rel_figs),
         descriptive=descriptive(res), training=training(res, rel_figs), methods="", comparisons=comparisons(res),
         sweeps=sweeps(res, rel_figs), interpretation=interpretation(res), limitations=limitations(res),
-        reproducibility=reproducibility(res, files))
+        reproducibility=reproducibility(res, files), runs=runs_appendix(res))
     unknown = []
 
     def sub(m):
