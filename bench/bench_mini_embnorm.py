@@ -2,10 +2,12 @@
 
     python bench/bench_mini_embnorm.py                      # fp32 and bf16, eager and compiled
     python bench/bench_mini_embnorm.py --configs fp32-eager --steps 40 --threads 1
+    python bench/bench_mini_embnorm.py --study --jobs 2 --threads 1   # the 15-run study, wall time
 
 Each configuration trains the real model (layernorm variant, default shapes: batch 16 x 128 tokens)
 for `--warmup` steps (timed separately: for compiled models this is the compile cost a 300-step run
-pays once) and then `--steps` timed steps; the figure is the median step. The peak matmul rates
+pays once), then `--steps` rounds of timing in which every configuration takes one step in turn (so a
+burst of load from another process hits all alike); the figure is the median step. The peak matmul rates
 come from bench/peak.py's measure_peak_flops, measured in this same process with the same threads,
 so the fractions compare like with like. The machine may be shared with other jobs: rerun and
 compare the ratios printed in one run, not absolute numbers across runs.
@@ -17,9 +19,12 @@ with B batch, T context, L layers, d width, V vocab: 12 d^2 per layer is qkv (3 
 output (d^2) + MLP (8 d^2), d * V the tied output head, 4 T d per layer the QK^T and AV products.
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -37,33 +42,68 @@ def flops_per_iter(B, T, L, d, V):
     return 3 * B * T * (2 * (12 * L * d * d + d * V) + 4 * L * T * d)
 
 
-def bench_config(name, args):
+def make_step(name, args):
+    """A training step for one configuration, after `--warmup` steps; returns (step, warm-up seconds)."""
     dtype = torch.bfloat16 if name.startswith("bf16") else None
     torch.manual_seed(0)
     model = MiniGPT("layernorm", args.vocab, args.seq_len, args.layers, args.dim, args.heads)
     opt = make_optimizer(model, 3e-4, (0.9, 0.95), 0.1, "cpu")
     run = torch.compile(model) if name.endswith("compile") else model
     g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, 84, (args.warmup + args.steps, args.batch, args.seq_len + 1), generator=g)
+    data = torch.randint(0, 84, (8, args.batch, args.seq_len + 1), generator=g)
+    counter = [0]
 
-    def step(i):
+    def step():
+        x = data[counter[0] % 8]
+        counter[0] += 1
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = run(data[i, :, :-1], data[i, :, 1:])
+            loss = run(x[:, :-1], x[:, 1:])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
 
     t0 = time.perf_counter()
-    for i in range(args.warmup):
-        step(i)
-    warm = time.perf_counter() - t0
-    times = []
-    for i in range(args.warmup, args.warmup + args.steps):
-        t0 = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - t0)
-    return warm, statistics.median(times), times
+    for _ in range(args.warmup):
+        step()
+    return step, time.perf_counter() - t0
+
+
+def run_study(args):
+    """All variants x seeds through the real script, `--jobs` at a time; prints the wall time."""
+    script = os.path.join(os.path.dirname(HERE), "train_mini_embnorm.py")
+    out_root = args.study_dir or tempfile.mkdtemp(prefix="embnorm_study_")
+    runs = [(v, s) for s in args.seeds for v in ("baseline", "layernorm", "rmsnorm")]
+    pending, active, failed = list(runs), [], []
+    t0 = time.perf_counter()
+    while pending or active:
+        while pending and len(active) < args.jobs:
+            v, s = pending.pop(0)
+            out = os.path.join(out_root, v, f"seed_{s}")
+            os.makedirs(out, exist_ok=True)
+            cmd = [sys.executable, script, "--variant", v, "--seed", str(s), "--out_dir", out,
+                   "--threads", str((args.threads or [0])[0]), "--dtype", args.dtype,
+                   "--num_iterations", str(args.iterations)]
+            log = open(os.path.join(out, "stdout.log"), "w")
+            active.append((v, s, out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(0.05)
+        for item in list(active):
+            if item[3].poll() is not None:
+                item[4].close()
+                active.remove(item)
+                if item[3].returncode != 0:
+                    failed.append(item[:3])
+    wall = time.perf_counter() - t0
+    print(f"study: {len(runs)} runs ({args.iterations} iterations, dtype {args.dtype}), {args.jobs} at a time "
+          f"with {(args.threads or ['default'])[0]} thread(s) each: wall {wall:.1f} s -> {out_root}")
+    print(f"{'variant':10s} {'seed':>4s} {'val_loss':>9s} {'train_s':>8s} {'wall_s':>7s}")
+    for v, s in runs:
+        path = os.path.join(out_root, v, f"seed_{s}", "summary.json")
+        m = json.load(open(path))["metrics"] if os.path.exists(path) else {}
+        print(f"{v:10s} {s:4d} {m.get('val_loss', float('nan')):9.4f} {m.get('train_time_s', float('nan')):8.1f} "
+              f"{m.get('wall_time_s', float('nan')):7.1f}")
+    if failed:
+        print(f"failed runs: {failed}")
+    return 1 if failed else 0
 
 
 def main():
@@ -71,36 +111,63 @@ def main():
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="thread counts to compare (default: torch's default); --study: threads per run")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--vocab", type=int, default=128)
+    p.add_argument("--study", action="store_true", help="time the whole study instead (real script, real data)")
+    p.add_argument("--jobs", type=int, default=1, help="--study: runs at the same time")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="--study: seeds")
+    p.add_argument("--iterations", type=int, default=300, help="--study: iterations per run")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--study: dtype")
+    p.add_argument("--study_dir", help="--study: where the run directories go (default: a new temp dir)")
     args = p.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.study:
+        sys.exit(run_study(args))
     if args.steps < 1 or args.warmup < 1:
         sys.exit("bench_mini_embnorm.py: error: --steps and --warmup must be at least 1")
-
-    peak_bf16 = measure_peak_flops(torch.bfloat16)
-    peak_fp32 = measure_peak_flops(torch.float32)
+    thread_counts = args.threads or [torch.get_num_threads()]
     flops = flops_per_iter(args.batch, args.seq_len, args.layers, args.dim, args.vocab)
     tokens = args.batch * args.seq_len
-    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}; shape B={args.batch} T={args.seq_len} "
-          f"L={args.layers} d={args.dim} V={args.vocab}")
-    print(f"measured matmul peak: bf16 {peak_bf16 / 1e9:.1f} GFLOP/s, fp32 {peak_fp32 / 1e9:.1f} GFLOP/s")
-    print(f"FLOPs per iteration: {flops / 1e9:.2f} GFLOP (3*B*T*(2*(12*L*d^2 + d*V) + 4*L*T*d))")
-    print(f"{'config':14s} {'warmup_s':>9s} {'ms/iter':>9s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
-          f"{'%bf16pk':>8s} {'%fp32pk':>8s} {'300-it s':>9s}")
+    print(f"torch {torch.__version__}; shape B={args.batch} T={args.seq_len} L={args.layers} d={args.dim} "
+          f"V={args.vocab}; load average at start {os.getloadavg()[0]:.2f} (other jobs share the machine)")
+    print(f"FLOPs per iteration: {flops / 1e9:.2f} GFLOP = 3*B*T*(2*(12*L*d^2 + d*V) + 4*L*T*d)")
+    peaks = {}
+    for t in thread_counts:
+        torch.set_num_threads(t)
+        peaks[t] = (measure_peak_flops(torch.bfloat16), measure_peak_flops(torch.float32))
+        print(f"measured matmul peak, {t} thread(s): bf16 {peaks[t][0] / 1e9:.1f} GFLOP/s, "
+              f"fp32 {peaks[t][1] / 1e9:.1f} GFLOP/s")
+    cases, warm = [], {}
     for name in args.configs:
-        warm, med, _ = bench_config(name, args)
+        for t in thread_counts:
+            torch.set_num_threads(t)
+            step, warm[(name, t)] = make_step(name, args)
+            cases.append((name, t, step))
+    # Round-robin timing: a burst of load from another process hits every configuration alike.
+    times = {(n, t): [] for n, t, _ in cases}
+    cpu = {(n, t): [] for n, t, _ in cases}
+    for _ in range(args.steps):
+        for name, t, step in cases:
+            torch.set_num_threads(t)
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            times[(name, t)].append(time.perf_counter() - t0)
+            cpu[(name, t)].append(time.process_time() - c0)
+    print(f"{'config':14s} {'threads':>7s} {'warmup_s':>9s} {'ms/iter':>9s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
+          f"{'%bf16pk':>8s} {'%fp32pk':>8s} {'300-it s':>9s} {'cpu ms/it':>9s}")
+    for name, t, _ in cases:
+        med = statistics.median(times[(name, t)])
         rate = flops / med
-        print(f"{name:14s} {warm:9.2f} {1000 * med:9.1f} {tokens / med:9.0f} {rate / 1e9:8.1f} "
-              f"{100 * rate / peak_bf16:7.1f}% {100 * rate / peak_fp32:7.1f}% "
-              f"{warm + (300 - args.warmup) * med:9.1f}")
-        sys.stdout.flush()
+        print(f"{name:14s} {t:7d} {warm[(name, t)]:9.2f} {1000 * med:9.1f} {tokens / med:9.0f} {rate / 1e9:8.1f} "
+              f"{100 * rate / peaks[t][0]:7.1f}% {100 * rate / peaks[t][1]:7.1f}% "
+              f"{warm[(name, t)] + (300 - args.warmup) * med:9.1f} {1000 * statistics.median(cpu[(name, t)]):9.1f}")
+    print("cpu ms/it: CPU time of this process per step; with 1 thread it is close to the step time on an "
+          "idle machine even when other jobs share it")
 
 
 if __name__ == "__main__":
