@@ -230,7 +230,7 @@ def compare(b_cond, v_cond, metric, settings, stage):
     res["levene"] = st.levene(b, v, center="median")
     g = res["effect"]["g"]
     g = abs(g) if g is not None else None
-    res["power"] = dict(effect=g, achieved=None, runs_needed=None)
+    res["power"] = dict(effect=g, effect_name="|g|", design="two-sample", achieved=None, runs_needed=None)
     if g is not None:
         res["power"]["achieved"] = float(st.power_two_sample(g, len(b), len(v)))
         res["power"]["runs_needed"] = st.runs_needed(g)
@@ -250,6 +250,9 @@ def compare(b_cond, v_cond, metric, settings, stage):
     # primary test: paired t when every run is paired, else Welch
     if res["fully_paired"] and res.get("paired", {}).get("p_t") is not None:
         res["primary"] = dict(test="paired t", p=res["paired"]["p_t"])
+        pr = res["paired"]
+        res["power"] = dict(effect=abs(pr["dz"]), effect_name="|d_z|", design="paired",
+                            achieved=pr.get("power"), runs_needed=pr.get("runs_needed"))
     elif res["welch"]["p"] is not None:
         res["primary"] = dict(test="Welch t", p=res["welch"]["p"])
     # equivalence

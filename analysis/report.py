@@ -476,12 +476,14 @@ def comparisons(res):
                 out.append(table(rows, ["metric", "pairs", "mean difference", "paired t", "Wilcoxon p", "sign-flip p",
                                         "paired bootstrap 95% CI", "d_z", "power", "pairs for 80% power"]))
                 out.append("")
-            rows = [[c["metric"], fmt(c["power"]["effect"], 3), fmt(c["power"]["achieved"], 3),
+            rows = [[c["metric"], c["power"]["design"], f"{c['power']['effect_name']} = {fmt(c['power']['effect'], 3)}",
+                     fmt(c["power"]["achieved"], 3),
                      fmt_int(c["power"]["runs_needed"]) if c["power"]["runs_needed"] else DASH]
                     for c in cs if c.get("power") and c["power"]["effect"] is not None]
             if rows:
-                out.append("Power (post-hoc, at the observed effect; it says how informative this design was, not whether the effect is real):\n")
-                out.append(table(rows, ["metric", "|g| used", "power achieved", "runs per condition for 80% power"]))
+                out.append("Power of the primary test (post-hoc, at the observed effect; it says how informative this design "
+                           "was, not whether the effect is real). Runs are per condition (pairs for a paired design):\n")
+                out.append(table(rows, ["metric", "design", "effect used", "power achieved", "runs for 80% power"]))
                 out.append("")
             ts = [c for c in cs if c.get("tost")]
             if ts:
@@ -593,8 +595,9 @@ def _sentence(c):
         pw = c.get("power") or {}
         if v.startswith("inconclusive") and pw.get("achieved") is not None:
             need = pw.get("runs_needed")
+            unit = "pairs of runs" if pw.get("design") == "paired" else "runs per condition"
             s += (f" Inconclusive: the design had {100 * pw['achieved']:.0f}% power for an effect of this size"
-                  + (f"; about {need:,} runs per condition would give 80%." if need else "."))
+                  + (f"; about {need:,} {unit} would give 80%." if need else "."))
         tost = c.get("tost")
         if tost and tost.get("p") is not None and not tost.get("significant"):
             s += f" Equivalence within ±{tost['margin_spec']} is not shown either (TOST Holm p = {fmt_p(tost.get('p_holm'))})."

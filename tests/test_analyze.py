@@ -342,3 +342,31 @@ def test_resumed_run_duplicate_steps_keep_last(tmp_path):
         f.write('{"step": 100, "val_loss": 3.2, "train_time_ms": 1.0}\n')
     r = loading.read_run_dir(str(d), "s", "c")
     assert r.val.steps.tolist() == [0, 50, 100] and r.val.values[-1] == 3.2
+
+
+def test_no_finished_run_writes_report_and_exits_1(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    write_condition(str(logs / "s" / "baseline"), "s", "baseline", seeds=[1, 2], final=3.3, steps=100, val_every=50,
+                    per_run={1: dict(status="oom", stop_at=10, error="CUDA out of memory"),
+                             2: dict(write_summary=False, stop_at=30)})
+    rc, text, res = run(tmp_path, logs, *FAST)
+    assert rc == 1
+    assert "no run under" in capsys.readouterr().err
+    assert_clean(text)
+    assert "CUDA out of memory" in text and res["family"] == []
+
+
+def test_power_uses_the_primary_design(tmp_path):
+    logs = tmp_path / "logs"
+    write_condition(str(logs / "s" / "baseline"), "s", "baseline", seeds=[1, 2, 3, 4], final=3.30, sd=0.004,
+                    rng_seed=1, steps=100, val_every=50)
+    write_condition(str(logs / "s" / "paired"), "s", "paired", seeds=[1, 2, 3, 4], final=3.302, sd=0.004,
+                    rng_seed=2, steps=100, val_every=50)
+    write_condition(str(logs / "s" / "unpaired"), "s", "unpaired", seeds=[7, 8, 9], final=3.302, sd=0.004,
+                    rng_seed=3, steps=100, val_every=50)
+    rc, text, res = run(tmp_path, logs, *FAST, "--metrics", "val_loss")
+    p = comparison(res, "paired", "val_loss")
+    u = comparison(res, "unpaired", "val_loss")
+    assert p["primary"]["test"] == "paired t" and p["power"]["design"] == "paired"
+    assert u["primary"]["test"] == "Welch t" and u["power"]["design"] == "two-sample"
+    assert "No seed shared with the baseline for `unpaired`" in text
