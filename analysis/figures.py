@@ -162,8 +162,9 @@ def loss_comparison(path, val, labels):
             if lab not in val:
                 continue
             grid, mat = val[lab]
-            with np.errstate(invalid="ignore"):
-                mean = np.nanmean(np.where(np.isfinite(mat), mat, np.nan), axis=0)
+            ok = np.isfinite(mat)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(ok, mat, 0.0).sum(axis=0) / ok.sum(axis=0)
             sel = grid >= (grid.max() * 2 / 3 if k else -np.inf)
             ax.plot(grid[sel], mean[sel], marker="." if sel.sum() < 80 else None, color=color(i), label=lab)
         ax.set_xlabel("step")

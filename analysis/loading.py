@@ -130,7 +130,7 @@ def _records(text, path, notes):
             recs.append(r)
         else:
             bad.append(i)
-    if bad == [len(lines) - 1] and not text.endswith("\n"):
+    if bad == [len(lines) - 1] and len(lines) > 1 and not text.endswith("\n"):
         notes.append(f"{path}: truncated last line ignored (run killed while writing?)")
     elif bad:
         notes.append(f"{path}: {len(bad)} unreadable line(s) ignored (first: line {bad[0] + 1})")

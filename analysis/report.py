@@ -71,6 +71,12 @@ def fmt_ci(lo, hi, sig=4):
     return f"[{fmt(lo, sig)}, {fmt(hi, sig)}]"
 
 
+def fmt_runs(x):
+    if not _ok(x):
+        return DASH
+    return f"more than {x:,}" if x >= 10 ** 7 else f"{x:,}"
+
+
 def fmt_int(x):
     return f"{round(x):,}" if _ok(x) else DASH
 
@@ -471,14 +477,14 @@ def comparisons(res):
                     rows.append([c["metric"], p["n"], fmt_signed(p["mean_diff"]),
                                  "deterministic" if p["deterministic"] else f"t={fmt(p['t'], 4)}, p={fmt_p(p['p_t'])}",
                                  fmt_p(p["wilcoxon_p"]), sf, fmt_ci(p["boot_low"], p["boot_high"]), fmt(p["dz"], 3),
-                                 fmt(p.get("power"), 3), fmt_int(p.get("runs_needed"))])
+                                 fmt(p.get("power"), 3), fmt_runs(p.get("runs_needed"))])
                 out.append(f"Paired by seed ({', '.join(map(str, prs[0]['paired_seeds']))}):\n")
                 out.append(table(rows, ["metric", "pairs", "mean difference", "paired t", "Wilcoxon p", "sign-flip p",
                                         "paired bootstrap 95% CI", "d_z", "power", "pairs for 80% power"]))
                 out.append("")
             rows = [[c["metric"], c["power"]["design"], f"{c['power']['effect_name']} = {fmt(c['power']['effect'], 3)}",
                      fmt(c["power"]["achieved"], 3),
-                     fmt_int(c["power"]["runs_needed"]) if c["power"]["runs_needed"] else DASH]
+                     fmt_runs(c["power"]["runs_needed"])]
                     for c in cs if c.get("power") and c["power"]["effect"] is not None]
             if rows:
                 out.append("Power of the primary test (post-hoc, at the observed effect; it says how informative this design "
@@ -597,7 +603,7 @@ def _sentence(c):
             need = pw.get("runs_needed")
             unit = "pairs of runs" if pw.get("design") == "paired" else "runs per condition"
             s += (f" Inconclusive: the design had {100 * pw['achieved']:.0f}% power for an effect of this size"
-                  + (f"; about {need:,} {unit} would give 80%." if need else "."))
+                  + (f"; about {fmt_runs(need)} {unit} would give 80%." if need else "."))
         tost = c.get("tost")
         if tost and tost.get("p") is not None and not tost.get("significant"):
             s += f" Equivalence within ±{tost['margin_spec']} is not shown either (TOST Holm p = {fmt_p(tost.get('p_holm'))})."

@@ -370,3 +370,31 @@ def test_power_uses_the_primary_design(tmp_path):
     assert p["primary"]["test"] == "paired t" and p["power"]["design"] == "paired"
     assert u["primary"]["test"] == "Welch t" and u["power"]["design"] == "two-sample"
     assert "No seed shared with the baseline for `unpaired`" in text
+
+
+def test_malformed_files_of_every_kind_never_crash(tmp_path):
+    logs = tmp_path / "logs"
+    L = logs / "s"
+    write_condition(str(L / "baseline"), "s", "baseline", seeds=[1, 2, 3], final=3.3, sd=0.01, steps=100, val_every=50)
+    write_condition(str(L / "v"), "s", "v", seeds=[1, 2, 3, 4, 5, 6], final=3.31, sd=0.01, steps=100, val_every=50,
+                    rng_seed=3)
+    (L / "v" / "seed_1" / "summary.json").write_text(json.dumps(
+        {"status": "ok", "metrics": [1, 2], "seed": "x", "config": [1], "env": "str", "steps_completed": "a", "script": 5}))
+    (L / "v" / "seed_2" / "metrics.jsonl").write_text(
+        '[1,2]\n"str"\n{"step":"a","val_loss":"b"}\n{"step": 5, "val_loss": null, "train_time_ms": "x"}\n{"step": 10, "train_loss": true}\n')
+    (L / "v" / "seed_3" / "summary.json").write_text(json.dumps(
+        {"status": 5, "metrics": {"val_loss": "3.3", "train_loss": float("nan"), "x": True}, "error": ["a"]}))
+    (L / "v" / "seed_4" / "summary.json").write_text("[]")
+    os.remove(L / "v" / "seed_5" / "metrics.jsonl")
+    os.makedirs(L / "v" / "seed_5" / "metrics.jsonl")
+    (L / "v" / "seed_6" / "metrics.jsonl").write_bytes(b"\x00\x01\xff" * 100)
+    (L / "baseline" / "experiment.json").write_text(json.dumps(
+        {"seeds": ["a", 1, None], "overrides": [["x"]], "command": ["a", 1], "script": 3}))
+    (L / "v" / "seed_x").write_text("not a directory")
+    os.makedirs(L / "v" / "seed_9" / "seed_10")
+    rc, text, res = run(tmp_path, logs, "--resamples", "200")
+    assert rc == 0
+    assert_clean(text)
+    status = {r["name"]: r["status"] for r in res["stages"][0]["runs"] if r["condition"] == "v"}
+    assert status["seed_3"] == "failed" and status["seed_4"] == "unreadable" and status["seed_9"] == "unfinished"
+    assert "unknown status 5" in text and "cannot be read" in text
