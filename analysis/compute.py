@@ -213,6 +213,10 @@ def compare(b_cond, v_cond, metric, settings, stage):
     if len(b) < 2 or len(v) < 2:
         return res
     res["testable"] = True
+    sb, sv = _seed_map(b_runs, metric), _seed_map(v_runs, metric)
+    common = sorted(set(sb) & set(sv))
+    res["paired_seeds"] = common
+    res["fully_paired"] = bool(common) and len(common) == len(b) == len(v)
     if st.is_constant(b) and st.is_constant(v):
         # every run of each side gave the same value: the difference is exact, no test applies
         res["deterministic"] = True
@@ -235,10 +239,6 @@ def compare(b_cond, v_cond, metric, settings, stage):
         res["power"]["achieved"] = float(st.power_two_sample(g, len(b), len(v)))
         res["power"]["runs_needed"] = st.runs_needed(g)
     # paired: runs sharing a seed
-    sb, sv = _seed_map(b_runs, metric), _seed_map(v_runs, metric)
-    common = sorted(set(sb) & set(sv))
-    res["paired_seeds"] = common
-    res["fully_paired"] = bool(common) and len(common) == len(b) == len(v)
     if len(common) >= 2:
         pb = np.array([sb[s] for s in common])
         pv = np.array([sv[s] for s in common])
@@ -515,21 +515,32 @@ def verdict(c, alpha=st.ALPHA):
 
 
 def caveats(c, alpha=st.ALPHA):
-    """Reasons to distrust a comparison's label, as short sentences."""
+    """Reasons to distrust a comparison's label, as short sentences. A significant primary test is
+    checked against the distribution-free tests of the same design: the sign-flip permutation and
+    Wilcoxon tests for a paired t-test, the permutation and Mann-Whitney tests for Welch's."""
     out = []
     if not c["testable"] or c["deterministic"]:
         return out
-    perm = c.get("permutation") or {}
     prim = c.get("primary") or {}
     if prim.get("significant"):
-        if perm.get("min_p") is not None and perm["min_p"] > alpha:
-            out.append(f"the exact permutation test cannot reach p < {alpha:g} with {c['n_b']} vs {c['n_v']} runs "
-                       f"(smallest possible p = {perm['min_p']:.3g}); the conclusion rests on the t-test's normality assumption")
-        elif perm.get("p") is not None and perm["p"] >= alpha:
-            out.append(f"the permutation test does not agree (p = {perm['p']:.3g})")
-        mw = c.get("mann_whitney") or {}
-        if mw.get("p") is not None and mw["p"] >= alpha and not (perm.get("min_p") and perm["min_p"] > alpha):
-            out.append(f"the Mann-Whitney test does not agree (p = {mw['p']:.3g})")
+        if prim.get("test") == "paired t":
+            pr = c.get("paired") or {}
+            exact = dict(p=pr.get("signflip_p"), min_p=pr.get("signflip_min_p"), name="sign-flip permutation test",
+                         design=f"{pr.get('n')} pairs")
+            rank = dict(p=pr.get("wilcoxon_p"), name="Wilcoxon signed-rank test")
+        else:
+            pm = c.get("permutation") or {}
+            exact = dict(p=pm.get("p"), min_p=pm.get("min_p"), name="permutation test",
+                         design=f"{c['n_b']} vs {c['n_v']} runs")
+            rank = dict(p=(c.get("mann_whitney") or {}).get("p"), name="Mann-Whitney test")
+        floor = exact["min_p"] is not None and exact["min_p"] > alpha
+        if floor:
+            out.append(f"the exact {exact['name']} cannot reach p < {alpha:g} with {exact['design']} "
+                       f"(smallest possible p = {exact['min_p']:.3g}); the conclusion rests on the t-test's normality assumption")
+        elif exact["p"] is not None and exact["p"] >= alpha:
+            out.append(f"the {exact['name']} does not agree (p = {exact['p']:.3g})")
+        if rank["p"] is not None and rank["p"] >= alpha and not floor:
+            out.append(f"the {rank['name']} does not agree (p = {rank['p']:.3g})")
     if c["n_b"] != c["n_v"]:
         out.append(f"unequal n ({c['n_b']} vs {c['n_v']})")
     return out

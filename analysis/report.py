@@ -65,6 +65,12 @@ def fmt_p(p):
     return f"{p:.3f}"
 
 
+def p_is(p, name="p"):
+    """'p = 0.012' or 'p < 0.0001' (never 'p = <0.0001')."""
+    f = fmt_p(p)
+    return f"{name} < {f[1:]}" if f.startswith("<") else f"{name} = {f}"
+
+
 def fmt_ci(lo, hi, sig=4):
     if not (_ok(lo) and _ok(hi)):
         return DASH
@@ -139,7 +145,7 @@ def _cmp_line(c):
     elif ci.get("diff_low") is not None:
         bits.append(f"95% CI {fmt_ci(ci['diff_low'], ci['diff_high'])}")
     if p.get("p_holm") is not None:
-        bits.append(f"{p['test']} p = {fmt_p(p['p'])}, Holm-adjusted {fmt_p(p['p_holm'])}")
+        bits.append(f"{p['test']} {p_is(p['p'])}, {p_is(p['p_holm'], 'Holm-adjusted')}")
     tail = " (caveats in §7)" if c.get("caveats") and c["verdict"] in _HEADLINE else ""
     return f"`{c['metric']}`: " + "; ".join(bits) + f" → **{c['verdict']}**{tail}"
 
@@ -418,8 +424,10 @@ split enumerated - when there are at most {limit:,} splits, else {resamples:,} r
 p it can reach is shown). Effect sizes: Cohen's d and Hedges' g (small-sample corrected) with 95% CIs from
 the noncentral t; the probability of improvement (a random variant run beats a random baseline run, ties
 counted half) and the difference of means with 95% percentile CIs from a stratified bootstrap
-({resamples:,} resamples within each condition, seed {seed}). Power is the post-hoc power of a two-sided
-two-sample t-test at the observed |g| and alpha {alpha:g}, with the runs per condition that would give 80%."""
+({resamples:,} resamples within each condition, seed {seed}). Power is the post-hoc power of the primary
+test at the observed effect (two-sample at |g|, paired at |d_z|) and alpha {alpha:g}, with the runs that would
+give 80%. A significant primary result is checked against the distribution-free tests of its design.
+Every "significant" below refers to the Holm-adjusted p."""
 
 
 def comparisons(res):
@@ -461,8 +469,8 @@ def comparisons(res):
                 if pm.get("p") is not None:
                     perm = f"{fmt_p(pm['p'])} ({pm['method']}, min {fmt_p(pm['min_p'])})"
                 rows.append([c["metric"],
-                             f"t={fmt(w.get('t'), 4)}, df={fmt(w.get('df'), 3)}, p={fmt_p(w.get('p'))}" if w.get("p") is not None else DASH,
-                             f"U={fmt(mw.get('u'))}, p={fmt_p(mw.get('p'))}" if mw.get("p") is not None else DASH,
+                             f"t={fmt(w.get('t'), 4)}, df={fmt(w.get('df'), 3)}, {p_is(w.get('p'))}" if w.get("p") is not None else DASH,
+                             f"U={fmt_raw(mw.get('u'))}, {p_is(mw.get('p'))}" if mw.get("p") is not None else DASH,
                              perm, prim.get("test", DASH), fmt_p(prim.get("p")), fmt_p(prim.get("p_holm")), c["verdict"]])
             out.append("Tests (the verdict uses the Holm-adjusted p of the primary test):\n")
             out.append(table(rows, ["metric", "Welch", "Mann-Whitney", "permutation", "primary test", "raw p",
@@ -475,7 +483,7 @@ def comparisons(res):
                     p = c["paired"]
                     sf = f"{fmt_p(p['signflip_p'])} ({p['signflip_method']}, min {fmt_p(p['signflip_min_p'])})" if p["signflip_p"] is not None else DASH
                     rows.append([c["metric"], p["n"], fmt_signed(p["mean_diff"]),
-                                 "deterministic" if p["deterministic"] else f"t={fmt(p['t'], 4)}, p={fmt_p(p['p_t'])}",
+                                 "deterministic" if p["deterministic"] else f"t={fmt(p['t'], 4)}, {p_is(p['p_t'])}",
                                  fmt_p(p["wilcoxon_p"]), sf, fmt_ci(p["boot_low"], p["boot_high"]), fmt(p["dz"], 3),
                                  fmt(p.get("power"), 3), fmt_runs(p.get("runs_needed"))])
                 out.append(f"Paired by seed ({', '.join(map(str, prs[0]['paired_seeds']))}):\n")
@@ -587,16 +595,16 @@ def _sentence(c):
                 "(no test applies; it may not hold on other hardware or software).")
     if v == "equivalent":
         t = c["tost"]
-        how = "deterministically" if t["deterministic"] else f"TOST Holm-adjusted p = {fmt_p(t.get('p_holm'))}"
+        how = "deterministically" if t["deterministic"] else f"TOST Holm-adjusted {p_is(t.get('p_holm'))}"
         return f"{m}: equivalent within ±{fmt(t['margin'], 4)} ({t['margin_spec']}) of the baseline ({how}); difference {d}."
     s = ""
     if v.startswith("significant"):
-        s = (f"{m}: {v} - difference {d}, 95% CI {ci}, {prim['test']} Holm-adjusted p = {fmt_p(prim.get('p_holm'))} "
-             f"(raw {fmt_p(prim.get('p'))}).")
+        s = (f"{m}: {v} - difference {d}, 95% CI {ci}, {prim['test']} Holm-adjusted {p_is(prim.get('p_holm'))} "
+             f"({p_is(prim.get('p'), 'raw')}).")
     else:
         widest = max(abs(b["diff_low"]), abs(b["diff_high"])) if b.get("diff_low") is not None else None
         s = (f"{m}: difference {d} is not significant after correction ({prim.get('test', 'test')} Holm-adjusted "
-             f"p = {fmt_p(prim.get('p_holm'))}); the 95% CI {ci} is compatible with no difference and with differences up to "
+             f"{p_is(prim.get('p_holm'))}); the 95% CI {ci} is compatible with no difference and with differences up to "
              f"{fmt(widest, 3)} in size.")
         pw = c.get("power") or {}
         if v.startswith("inconclusive") and pw.get("achieved") is not None:
@@ -606,7 +614,7 @@ def _sentence(c):
                   + (f"; about {fmt_runs(need)} {unit} would give 80%." if need else "."))
         tost = c.get("tost")
         if tost and tost.get("p") is not None and not tost.get("significant"):
-            s += f" Equivalence within ±{tost['margin_spec']} is not shown either (TOST Holm p = {fmt_p(tost.get('p_holm'))})."
+            s += f" Equivalence within ±{tost['margin_spec']} is not shown either (TOST Holm {p_is(tost.get('p_holm'))})."
     for cv in c.get("caveats", []):
         s += f" Caveat: {cv}."
     return s
@@ -625,7 +633,7 @@ def limitations(res):
             out.append(pre + "Small samples: " + ", ".join(f"`{c['name']}` n = {c['finished']}" for c in small) + ". Normality "
                        "cannot be checked meaningfully, one unusual run moves the mean, and standardized effect sizes are "
                        "inflated when the spread happens to be small"
-                       + (f"; the exact permutation test cannot go below p = {fmt_p(max(pm))} for the smallest design here." if pm else "."))
+                       + (f"; the exact permutation test cannot go below {p_is(max(pm))} for the smallest design here." if pm else "."))
         one = [c["name"] for c in conds if c["finished"] == 1]
         if one:
             out.append(pre + f"One finished run only: {', '.join(map(code, one))} - descriptive numbers only, no test, no CI.")

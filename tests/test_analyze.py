@@ -81,7 +81,9 @@ def test_small_n_caveat_and_exact_permutation(tmp_path):
     c = comparison(res, "palm", "val_loss")
     assert c["permutation"]["method"] == "exact" and c["permutation"]["p"] == pytest.approx(0.1)
     assert c["permutation"]["min_p"] == pytest.approx(0.1)
-    assert "smallest possible p = 0.1" in text
+    # paired by seed: the distribution-free check is the sign-flip test, 2 / 2^3 at best
+    assert c["primary"]["test"] == "paired t" and c["paired"]["signflip_min_p"] == pytest.approx(0.25)
+    assert "sign-flip permutation test cannot reach p < 0.05 with 3 pairs (smallest possible p = 0.25)" in text
     mem = comparison(res, "palm", "peak_memory_mib")
     assert mem["verdict"] == "deterministic difference" and mem["diff"] == -2307
     assert c["bootstrap"]["diff_low"] is not None   # never degenerate
