@@ -334,7 +334,7 @@ def main(argv=None):
         data_dir: str = os.path.join(SCRIPT_DIR, "data", "shakespeare_char")
         out_dir: str = None
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     args = Hyperparameters(**vars(parse_args(argv, Hyperparameters())))
     args.betas = tuple(args.betas)
 
@@ -508,8 +508,10 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     mib = peak_memory_mib(device)
+    # cpu_time_s: CPU seconds of this process (all threads). With --threads 1 it is what the run takes
+    # on an idle core, even when other jobs share the machine and stretch the wall time.
     metrics = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - t_start,
-               "peak_memory_mib": mib}
+               "cpu_time_s": time.process_time() - cpu_start, "peak_memory_mib": mib}
     if summary["steps_completed"]:
         metrics["tokens_per_s"] = summary["steps_completed"] * args.batch_size * args.seq_len / train_time
         metrics["train_loss"] = float(losses[summary["steps_completed"] - 1])

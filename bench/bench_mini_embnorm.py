@@ -72,7 +72,7 @@ def run_study(args):
     """All variants x seeds through the real script, `--jobs` at a time; prints the wall time."""
     script = os.path.join(os.path.dirname(HERE), "train_mini_embnorm.py")
     out_root = args.study_dir or tempfile.mkdtemp(prefix="embnorm_study_")
-    runs = [(v, s) for s in args.seeds for v in ("baseline", "layernorm", "rmsnorm")]
+    runs = [(v, s) for s in args.seeds for v in args.variants]
     pending, active, failed = list(runs), [], []
     t0 = time.perf_counter()
     while pending or active:
@@ -95,12 +95,18 @@ def run_study(args):
     wall = time.perf_counter() - t0
     print(f"study: {len(runs)} runs ({args.iterations} iterations, dtype {args.dtype}), {args.jobs} at a time "
           f"with {(args.threads or ['default'])[0]} thread(s) each: wall {wall:.1f} s -> {out_root}")
-    print(f"{'variant':10s} {'seed':>4s} {'val_loss':>9s} {'train_s':>8s} {'wall_s':>7s}")
+    print(f"load average during the study: {os.getloadavg()[0]:.2f} (1 min) at the end")
+    print(f"{'variant':10s} {'seed':>4s} {'val_loss':>9s} {'train_s':>8s} {'wall_s':>7s} {'cpu_s':>7s}")
+    cpu_total = 0.0
     for v, s in runs:
         path = os.path.join(out_root, v, f"seed_{s}", "summary.json")
         m = json.load(open(path))["metrics"] if os.path.exists(path) else {}
+        cpu_total += m.get("cpu_time_s", float("nan"))
         print(f"{v:10s} {s:4d} {m.get('val_loss', float('nan')):9.4f} {m.get('train_time_s', float('nan')):8.1f} "
-              f"{m.get('wall_time_s', float('nan')):7.1f}")
+              f"{m.get('wall_time_s', float('nan')):7.1f} {m.get('cpu_time_s', float('nan')):7.1f}")
+    cores = os.cpu_count() or 1
+    print(f"CPU time of all runs: {cpu_total:.1f} s; on an idle {cores}-core machine with runs using "
+          f"{cores} cores in total, the study would take about {cpu_total / cores:.1f} s")
     if failed:
         print(f"failed runs: {failed}")
     return 1 if failed else 0
@@ -123,6 +129,8 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="--study: runs at the same time")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="--study: seeds")
     p.add_argument("--iterations", type=int, default=300, help="--study: iterations per run")
+    p.add_argument("--variants", nargs="+", default=["baseline", "layernorm", "rmsnorm"],
+                   choices=["baseline", "layernorm", "rmsnorm"], help="--study: variants")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--study: dtype")
     p.add_argument("--study_dir", help="--study: where the run directories go (default: a new temp dir)")
     args = p.parse_args()
