@@ -400,3 +400,15 @@ def test_malformed_files_of_every_kind_never_crash(tmp_path):
     status = {r["name"]: r["status"] for r in res["stages"][0]["runs"] if r["condition"] == "v"}
     assert status["seed_3"] == "failed" and status["seed_4"] == "unreadable" and status["seed_9"] == "unfinished"
     assert "unknown status 5" in text and "cannot be read" in text
+
+
+def test_unpaired_3_vs_3_caveat_states_the_exact_floor(tmp_path):
+    logs = tmp_path / "logs"
+    write_condition(str(logs / "s" / "baseline"), "s", "baseline", seeds=[1, 2, 3], final=3.3005, sd=0.0008,
+                    rng_seed=1, steps=100, val_every=50)
+    write_condition(str(logs / "s" / "palm"), "s", "palm", seeds=[4, 5, 6], final=3.3348, sd=0.0013,
+                    rng_seed=2, steps=100, val_every=50)
+    rc, text, res = run(tmp_path, logs, *FAST, "--metrics", "val_loss")
+    c = comparison(res, "palm", "val_loss")
+    assert c["primary"]["test"] == "Welch t" and c["verdict"] == "significantly worse"
+    assert "permutation test cannot reach p < 0.05 with 3 vs 3 runs (smallest possible p = 0.1)" in text
