@@ -498,9 +498,13 @@ def main(argv=None):
     except DataError as e:
         summary["status"], summary["error"] = "failed", str(e)
     except (Interrupted, KeyboardInterrupt) as e:
-        summary["status"], summary["error"] = "interrupted", f"interrupted at step {step} ({e or 'Ctrl-C'})"
-    except torch.OutOfMemoryError as e:
-        summary["status"], summary["error"] = "oom", str(e).splitlines()[0]
+        summary["status"], summary["error"] = "interrupted", f"interrupted at step {step} ({str(e) or 'Ctrl-C'})"
+    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's failure
+        line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in line or "out of memory" in line:
+            summary["status"], summary["error"] = "oom", line
+        else:
+            summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {line}"
     except Exception as e:  # anything else: record it, one line, and fail
         line = str(e).splitlines()[0] if str(e) else ""
         summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {line}"

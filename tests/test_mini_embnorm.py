@@ -150,3 +150,19 @@ def test_existing_run_directory_is_not_overwritten(data_dir, tmp_path, capsys):
     code = mini.main([*TINY, "--data_dir", data_dir, "--out_dir", str(out)])
     assert code == 2 and "already holds a run" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == '{"keep": true}' and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), "oom", 4),
+    (KeyboardInterrupt(), "interrupted", 130),
+    (ValueError("something unexpected\nsecond line"), "failed", 1),
+])
+def test_faults_in_training_get_their_status(data_dir, tmp_path, capsys, monkeypatch, exc, status, code):
+    def explode(self, idx, targets):
+        raise exc
+    monkeypatch.setattr(mini.MiniGPT, "forward", explode)
+    got, _ = run_here(data_dir, tmp_path / "o", capsys)
+    s = json.load(open(tmp_path / "o" / "summary.json"))
+    assert (got, s["status"]) == (code, status)
+    assert s["error"] and "\n" not in s["error"] and s["steps_completed"] == 0
+    assert s["metrics"]["num_params"] > 0 and "val_loss" not in s["metrics"]
