@@ -328,12 +328,12 @@ class Hyperparameters:
     compile: str = field(default="auto", metadata={
         "help": "torch.compile the model: auto = on for cuda; a bare --compile means on",
         "choices": ["auto", "on", "off"], "const": "on"})
-    out_dir: str = field(default="", metadata={"help": "run directory (default: a fresh logs/<id>/)"})
-    variant: str = field(default="", metadata={"help": "variant name for summary.json (default: from the script name)"})
+    out_dir: str = field(default="", metadata={"help": "run directory; empty: a fresh logs/<id>/ next to this script"})
+    variant: str = field(default="", metadata={"help": "variant name for summary.json; empty: from the script name"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: never)"})
     keep_checkpoints: int = field(default=1, metadata={"help": "most recent checkpoints kept"})
-    resume: str = field(default="", metadata={"help": "continue RUN_DIR from its latest checkpoint"})
-    preset: str = field(default="", metadata={"help": "tiny: small model on Shakespeare characters, CPU-sized",
+    resume: str = field(default="", metadata={"help": "RUN_DIR: continue that run from its latest checkpoint"})
+    preset: str = field(default="", metadata={"help": "tiny: a small model on Shakespeare characters for CPUs (values below)",
                                               "choices": ["", "tiny"]})
 
 
@@ -513,11 +513,16 @@ class StopFlag:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.signum = None
+        self.signum, self.previous = None, {}
 
     def install(self):
         for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
+            self.previous[s] = signal.signal(s, self._handle)
+
+    def uninstall(self):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
@@ -852,6 +857,7 @@ def main(argv=None):
         error = f"{type(e).__name__}: {first}"[:500]
         traceback.print_exc()
     finally:
+        stop.uninstall()
         if metrics_f is not None:
             metrics_f.close()
     if status != "ok" and not summary_metrics:
