@@ -11,6 +11,7 @@ repeated runs in this process; on a shared machine they move with the other load
 """
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -35,12 +36,19 @@ def build(root, conditions, runs, steps):
     return time.perf_counter() - t0
 
 
+def cpu_seconds():
+    """CPU time of this process and its finished children (the loading pool), user + system."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def time_case(label, logs, out, repeats):
-    whole, phases = [], []
+    whole, phases, cpu = [], [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         rc = analyze.main(["--logs", logs, "--out", out])
         whole.append(time.perf_counter() - t0)
+        cpu.append(cpu_seconds() - c0)
         assert rc == 0, f"analyze.py exited {rc}"
         # the same work again, phase by phase (no figures / report), to show where time goes
         t0 = time.perf_counter()
@@ -55,7 +63,8 @@ def time_case(label, logs, out, repeats):
     total = statistics.median(whole)
     print(f"{label}: whole analysis (incl. figures) median {total:.2f} s over {repeats} run(s) "
           f"[{', '.join(f'{w:.2f}' for w in whole)}]; loading {load_s:.2f} s, statistics {stats_s:.2f} s, "
-          f"figures + report ~{max(0.0, total - load_s - stats_s):.2f} s")
+          f"figures + report ~{max(0.0, total - load_s - stats_s):.2f} s; CPU time (all processes) median "
+          f"{statistics.median(cpu):.2f} s; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
     return total
 
 
