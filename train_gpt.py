@@ -9,7 +9,7 @@ How to run
     python data/prepare_shakespeare.py
     python train_gpt.py --preset tiny
     # CPU, two processes (gloo):
-    torchrun --standalone --nproc_per_node=2 train_gpt.py --preset tiny --device_batch_size 8
+    torchrun --standalone --nproc_per_node=2 train_gpt.py --preset tiny
     # 1 GPU (gradient accumulation makes up the 512-sequence batch):
     python data/cached_fineweb10B.py 27
     python train_gpt.py
