@@ -249,12 +249,14 @@ def compare(b_cond, v_cond, metric, settings, stage):
         res["paired"] = pr
     # primary test: paired t when every run is paired, else Welch
     if res["fully_paired"] and res.get("paired", {}).get("p_t") is not None:
-        res["primary"] = dict(test="paired t", p=res["paired"]["p_t"])
+        res["primary"] = dict(test="paired t", p=res["paired"]["p_t"], ci_low=res["paired"]["ci_low"],
+                              ci_high=res["paired"]["ci_high"])
         pr = res["paired"]
         res["power"] = dict(effect=abs(pr["dz"]), effect_name="|d_z|", design="paired",
                             achieved=pr.get("power"), runs_needed=pr.get("runs_needed"))
     elif res["welch"]["p"] is not None:
-        res["primary"] = dict(test="Welch t", p=res["welch"]["p"])
+        res["primary"] = dict(test="Welch t", p=res["welch"]["p"], ci_low=res["welch"]["ci_low"],
+                              ci_high=res["welch"]["ci_high"])
     # equivalence
     eq = settings["equivalence"].get(metric)
     if eq is not None:

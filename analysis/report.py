@@ -135,15 +135,24 @@ def _stage_title(s, multi):
     return f"### Stage `{s['name']}`\n\n" if multi else ""
 
 
+def _main_ci(c):
+    """The CI that goes with the primary test (t-based), else the stratified bootstrap's."""
+    p = c.get("primary") or {}
+    if p.get("ci_low") is not None:
+        return p["ci_low"], p["ci_high"], p["test"]
+    b = c.get("bootstrap") or {}
+    return b.get("diff_low"), b.get("diff_high"), "bootstrap"
+
+
 def _cmp_line(c):
     p = c.get("primary") or {}
     bits = [f"{fmt(c['mean_v'])} vs {fmt(c['mean_b'])}",
             f"{fmt_signed(c['diff'])} ({fmt_pct(c['diff_pct'])}, {_dir_word(c)})"]
-    ci = (c.get("bootstrap") or {})
+    lo, hi, how = _main_ci(c)
     if c["deterministic"]:
         bits.append("the same in every run of each condition")
-    elif ci.get("diff_low") is not None:
-        bits.append(f"95% CI {fmt_ci(ci['diff_low'], ci['diff_high'])}")
+    elif lo is not None:
+        bits.append(f"95% CI {fmt_ci(lo, hi)} ({how})")
     if p.get("p_holm") is not None:
         bits.append(f"{p['test']} {p_is(p['p'])}, {p_is(p['p_holm'], 'Holm-adjusted')}")
     tail = " (caveats in §7)" if c.get("caveats") and c["verdict"] in _HEADLINE else ""
@@ -580,8 +589,8 @@ def interpretation(res):
 def _sentence(c):
     m, v = code(c["metric"]), c["verdict"]
     d = f"{fmt_signed(c['diff'])} ({fmt_pct(c['diff_pct'])})"
-    b = c.get("bootstrap") or {}
-    ci = fmt_ci(b.get("diff_low"), b.get("diff_high"))
+    lo, hi, how = _main_ci(c)
+    ci = f"{fmt_ci(lo, hi)} ({how})"
     prim = c.get("primary") or {}
     if v == "no data":
         return f"{m}: one of the conditions has no finished run with this metric."
@@ -602,10 +611,16 @@ def _sentence(c):
         s = (f"{m}: {v} - difference {d}, 95% CI {ci}, {prim['test']} Holm-adjusted {p_is(prim.get('p_holm'))} "
              f"({p_is(prim.get('p'), 'raw')}).")
     else:
-        widest = max(abs(b["diff_low"]), abs(b["diff_high"])) if b.get("diff_low") is not None else None
         s = (f"{m}: difference {d} is not significant after correction ({prim.get('test', 'test')} Holm-adjusted "
-             f"{p_is(prim.get('p_holm'))}); the 95% CI {ci} is compatible with no difference and with differences up to "
-             f"{fmt(widest, 3)} in size.")
+             f"{p_is(prim.get('p_holm'))}, {p_is(prim.get('p'), 'raw')}); ")
+        if lo is None:
+            s += "no confidence interval is available."
+        elif lo <= 0 <= hi:
+            s += (f"the 95% CI {ci} is compatible with no difference and with differences up to "
+                  f"{fmt(max(abs(lo), abs(hi)), 3)} in size.")
+        else:
+            s += (f"the unadjusted 95% CI {ci} excludes zero, but the family-wise correction does not let that count "
+                  "as a finding.")
         pw = c.get("power") or {}
         if v.startswith("inconclusive") and pw.get("achieved") is not None:
             need = pw.get("runs_needed")
@@ -653,6 +668,10 @@ def limitations(res):
                 msg += (" - and success rates differ between conditions (" + ", ".join(f"`{k}` {100 * v:.0f}%" for k, v in rates.items())
                         + "), so the finished runs of a less stable condition may be a favourable selection")
             out.append(msg + ".")
+        if any(c["testable"] and not c["deterministic"] and min(c["n_b"], c["n_v"]) < 10 for c in s["comparisons"]):
+            out.append(pre + "Bootstrap percentile CIs (effects table, probability of improvement) from fewer than 10 runs "
+                       "per condition are too narrow: a resample cannot vary more than the few runs seen. The text "
+                       "quotes the t-based CI of the primary test instead.")
         uneq = sorted({(c["variant"], c["n_b"], c["n_v"]) for c in s["comparisons"] if c["n_b"] != c["n_v"] and c["testable"]})
         if uneq:
             out.append(pre + "Unequal n: " + ", ".join(f"`{v}` {nv} vs baseline {nb}" for v, nb, nv in uneq)
