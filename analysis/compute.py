@@ -300,8 +300,9 @@ def training_dynamics(conds, baseline, settings):
     # the target is a speedrun convention: applied to the speedrun scripts and plain speedrun logs,
     # or to anything when the user gave --target
     scripts = {r.script or "" for c in conds for r in c.runs} | {(c.experiment or {}).get("script") or "" for c in conds}
+    presets = {str(r.config.get("preset")) for c in conds for r in c.runs if r.config.get("preset")}
     applies = (settings.get("target_explicit") or any(c.source == "log" for c in conds)
-               or any(str(s).startswith("train_gpt") for s in scripts))
+               or (any(str(s).startswith("train_gpt") for s in scripts) and not presets))
     out = dict(val={}, train_available=sorted(train), gaps={}, time_to_target={}, iso_loss={},
                speedrun={}, target=settings["target"], target_applies=bool(applies))
     for name, (grid, mat, tmat, runs) in val.items():

@@ -404,7 +404,8 @@ def training(res, rel_figs):
             out.append("")
         if not dyn["target_applies"]:
             out.append(f"Time to target and the speedrun criterion are not computed: no condition here runs a speedrun "
-                       f"script (train_gpt*.py) or comes from speedrun logs; pass --target to compute them.\n")
+                       f"script (train_gpt*.py) at full scale (a --preset such as tiny changes the task) or comes from "
+                       f"speedrun logs; pass --target to compute them.\n")
         sp = dyn["speedrun"]
         if sp:
             out.append(f"**Speedrun criterion**: final validation loss below {fmt(dyn['target'])} by a one-sample t-test "

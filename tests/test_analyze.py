@@ -412,3 +412,18 @@ def test_unpaired_3_vs_3_caveat_states_the_exact_floor(tmp_path):
     c = comparison(res, "palm", "val_loss")
     assert c["primary"]["test"] == "Welch t" and c["verdict"] == "significantly worse"
     assert "permutation test cannot reach p < 0.05 with 3 vs 3 runs (smallest possible p = 0.1)" in text
+
+
+def test_target_criteria_only_where_the_target_means_something(tmp_path):
+    logs = tmp_path / "logs"
+    for stage, extra in (("full", {}), ("tiny", {"config": {"preset": "tiny"}}),
+                         ("mini", {"script": "train_mini_embnorm.py"})):
+        for name in ("baseline", "v"):
+            write_condition(str(logs / stage / name), stage, name, seeds=[1, 2], final=3.27, sd=0.002,
+                            steps=100, val_every=50, **extra)
+    rc, text, res = run(tmp_path, logs, *FAST, "--metrics", "val_loss")
+    applies = {s["name"]: s["dynamics"]["target_applies"] for s in res["stages"]}
+    assert applies == {"full": True, "tiny": False, "mini": False}
+    assert set(res["stages"][0]["dynamics"]["speedrun"]) == {"baseline", "v"}
+    rc, text, res = run(tmp_path, logs, *FAST, "--metrics", "val_loss", "--target", "3.3", out="r2.md")
+    assert all(s["dynamics"]["target_applies"] for s in res["stages"])
