@@ -591,17 +591,29 @@ def main(argv=None):
                                   f"(the run needs --save_every, or was interrupted before its first step)")
             summ = os.path.join(run_dir, "summary.json")
             if os.path.exists(summ):
-                with open(summ) as f:
-                    if json.load(f).get("status") == "ok":
-                        raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
-            resume_ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-            saved = resume_ckpt["config"]
+                try:
+                    with open(summ) as f:
+                        finished = json.load(f).get("status") == "ok"
+                except (OSError, ValueError):
+                    finished = False  # a damaged summary does not make a finished run
+                if finished:
+                    raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
+            if "out_dir" in given and os.path.abspath(a.out_dir) != run_dir:
+                raise ConfigError(f"--out_dir {a.out_dir}: a resumed run continues in its own directory {run_dir}")
+            try:
+                resume_ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+                saved = resume_ckpt["config"]
+            except Exception as e:
+                raise ConfigError(f"--resume {a.resume}: cannot read checkpoint {ckpts[-1]} ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); delete it to fall back to an older one")
             for k in given - RESUME_MAY_CHANGE:
-                if getattr(a, k) != saved[k]:
+                if getattr(a, k) != saved.get(k):
                     raise ConfigError(f"--{k} {getattr(a, k)} differs from the resumed run's {saved[k]}; "
                                       f"--resume continues with the saved settings")
             keep = {k: getattr(a, k) for k in RESUME_MAY_CHANGE if k in given}
-            a = Hyperparameters(**{**saved, **keep, "resume": a.resume, "out_dir": run_dir})
+            known = {f.name for f in dataclasses.fields(Hyperparameters)}
+            a = Hyperparameters(**{**{k: v for k, v in saved.items() if k in known}, **keep, "resume": a.resume,
+                                   "out_dir": run_dir})
         validate_static(a, world_size)
         if a.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
@@ -820,10 +832,11 @@ def main(argv=None):
             print0(f"step:{step}/{N} train_loss:{last_train_loss:.4f} train_time:{approx_ms:.0f}ms "
                    f"step_avg:{approx_ms / timed_steps:.2f}ms")
             log_metrics(dict(step=step, train_loss=last_train_loss, train_time_ms=approx_ms, lr_scale=scale))
-            if flags[1].item():
+            stop_requested, non_finite = flags.tolist()
+            if non_finite:
                 status, error = "diverged", f"non-finite train loss at step {step}"
                 break
-            if flags[0].item() or (a.save_every and step % a.save_every == 0 and step < N):
+            if stop_requested or (a.save_every and step % a.save_every == 0 and step < N):
                 sync()
                 training_time_ms += 1000 * (time.perf_counter() - t0)  # checkpointing is not training time
                 if master:
@@ -833,7 +846,7 @@ def main(argv=None):
                     print0(f"checkpoint: {path}")
                 if distributed:
                     dist.barrier()
-                if flags[0].item():
+                if stop_requested:
                     status, error = "interrupted", f"stopped by signal at step {step}; resume with --resume {run_dir}"
                     break
                 t0 = time.perf_counter()

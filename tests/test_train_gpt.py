@@ -218,6 +218,8 @@ def test_missing_data_names_the_command(tg, tmp_path, capsys, monkeypatch):
     (["--sequence_length", "4096", "--val_tokens", str(8 * 4096)], "--sequence_length"),  # a train shard shorter than one batch
     (["--n_head", "3"], "--n_head"),
     (["--num_iterations", "0"], "--num_iterations"),
+    pytest.param(["--device", "cuda"], "--device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="only without a GPU")),
 ])
 def test_impossible_combinations_stop_before_training(tg, shards, capsys, tmp_path, extra, flag):
     out_dir = tmp_path / "run"
@@ -443,6 +445,11 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tg, shards, capsys,
     os.remove(cut / "summary.json")
     rc, out, err = run(tg, capsys, "--resume", cut, "--learning_rate", 0.5)
     assert rc == 2 and "--learning_rate" in err
+    # a damaged checkpoint is named, not a traceback
+    assert sorted(os.listdir(cut / "checkpoints")) == ["step_000003.pt", "step_000006.pt"]  # the resumed run saved too
+    (cut / "checkpoints" / "step_000006.pt").write_bytes(b"not a checkpoint")
+    rc, out, err = run(tg, capsys, "--resume", cut)
+    assert rc == 2 and "step_000006.pt" in err and len(err.strip().splitlines()) == 1
 
 
 def test_compile_on_cpu_matches_eager(tg, shards, capsys, tmp_path):
