@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -432,3 +433,21 @@ def test_variant_learns_on_the_tiny_preset(mods, shards, capsys, tmp_path, scrip
     if script == "train_gpt_lmd":
         assert s["config"]["muon_momentum_per_block"] == pytest.approx([0.98, 0.98 - 0.08 / 3, 0.98 - 0.16 / 3, 0.90])
         assert "Muon momentum per block (moderate): 0.9800 0.9533 0.9267 0.9000" in out
+
+
+def test_lmd_resume_continues_with_the_saved_momenta(mods, shards, capsys, tmp_path):
+    lmd = mods["train_gpt_lmd"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    rc, out, err = run(lmd, capsys, *MICRO, *data_args(shards), "--num_iterations", 6, "--save_every", 3,
+                       "--seed", 5, "--lmd", "moderate", "--out_dir", full)
+    assert rc == 0, err
+    shutil.copytree(full, cut)  # a run that died after its step-3 checkpoint (the last one written)
+    os.remove(cut / "summary.json")
+    rc, out, err = run(lmd, capsys, "--resume", cut)  # the default --lmd would be baseline: the saved one wins
+    assert rc == 0, err
+    assert "resuming from step 3" in out and "Muon momentum per block (moderate): 0.9800 0.9000" in out
+    assert losses(cut) == losses(full)
+    assert load_summary(cut)["config"]["muon_momentum_per_block"] == [0.98, 0.9]
+    os.remove(cut / "summary.json")
+    rc, out, err = run(lmd, capsys, "--resume", cut, "--lmd", "fixed_low")  # another setting is refused
+    assert rc == 2 and "--lmd" in err
