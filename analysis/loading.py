@@ -378,7 +378,13 @@ def load(root, workers=None):
     conditions, notes, tasks = [], [], []
     root = os.path.normpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        hidden = sorted(d for d in dirnames if d.startswith("."))
+        for d in hidden:
+            # e.g. .superseded/: earlier attempts the runner moved aside; never results
+            n = sum(1 for _, _, files in os.walk(os.path.join(dirpath, d)) if "summary.json" in files or "metrics.jsonl" in files)
+            notes.append(f"{os.path.join(dirpath, d)}: hidden folder skipped ({n} run director{'y' if n == 1 else 'ies'} inside, "
+                         "e.g. attempts the runner moved aside)")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         filenames.sort()
         seed_dirs = [d for d in dirnames if _SEED_DIR.match(d)]
         if seed_dirs or "experiment.json" in filenames:

@@ -427,3 +427,15 @@ def test_target_criteria_only_where_the_target_means_something(tmp_path):
     assert set(res["stages"][0]["dynamics"]["speedrun"]) == {"baseline", "v"}
     rc, text, res = run(tmp_path, logs, *FAST, "--metrics", "val_loss", "--target", "3.3", out="r2.md")
     assert all(s["dynamics"]["target_applies"] for s in res["stages"])
+
+
+def test_superseded_attempts_are_not_results(tmp_path):
+    logs = tmp_path / "logs"
+    write_condition(str(logs / "s" / "baseline"), "s", "baseline", seeds=[1, 2], final=3.3, sd=0.01, steps=100,
+                    val_every=50)
+    write_run(str(logs / ".superseded" / "s" / "baseline" / "seed_1.20261125T134626Z"), seed=1, final=9.9,
+              steps=100, val_every=50)
+    rc, text, res = run(tmp_path, logs, *FAST)
+    assert [s["name"] for s in res["stages"]] == ["s"]
+    assert res["stages"][0]["descriptive"]["baseline"]["val_loss"]["n"] == 2
+    assert ".superseded: hidden folder skipped (1 run directory inside" in text
