@@ -543,7 +543,7 @@ def save_checkpoint(run_dir, step, model, optimizers, loader, a, timing, keep):
     state = dict(
         step=step, config=dataclasses.asdict(a), model=model.state_dict(),
         optimizers=[o.state_dict() for o in optimizers], loader=loader.state_dict(), timing=timing,
-        rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
                  numpy=np.random.get_state(), python=random.getstate()))
     path = os.path.join(d, f"step_{step:06d}.pt")
     tmp = path + ".tmp"
@@ -703,7 +703,7 @@ def main(argv=None):
             rng = resume_ckpt["rng"]
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None and device_type == "cuda":
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                torch.cuda.set_rng_state(rng["cuda"])
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
 
