@@ -227,8 +227,16 @@ def test_sync_three_way_merges_base_changes_and_stops_at_conflicts(tmp_path):
 
 
 def test_sync_transplant_takes_code_outside_regions_from_the_base(tmp_path):
-    base = write(tmp_path, "train_gpt.py", BASE_SRC.replace("print(f(1), g(2))", "print(f(1), g(3))"))
-    var = write(tmp_path, "train_gpt_demo.py", GOOD_VARIANT.replace("    return x + 1\n", "    return x - 1\n"))
+    base_text = BASE_SRC.replace("print(f(1), g(2))", "print(f(1), g(3))")
+    base = write(tmp_path, "train_gpt.py", base_text)
+    edited = vg.set_sync_record(GOOD_VARIANT.replace("    return x + 1\n", "    return x - 1\n"), "v",
+                                vg.git_blob_sha(BASE_SRC))
+    var = write(tmp_path, "train_gpt_demo.py", edited)
+    # a three-way merge keeps the variant's own edit outside its regions: reported, the variant untouched
+    msgs = []
+    assert vg.sync(base, var, old_base=write(tmp_path, "old.py", BASE_SRC), out=msgs.append) == 1
+    assert "remain" in msgs[-1] and "+    return x - 1" in msgs[-1] and open(var).read() == edited
+    os.remove(var + ".merge")
     assert vg.sync(base, var, transplant=True, out=lambda m: None) == 0
     text = open(var).read()
     assert "g(3)" in text and "x - 1" not in text and "x + 1" in text and "y = x * 3" in text
@@ -420,9 +428,9 @@ def test_lmd_momentum_follows_each_block_over_two_gloo_processes(mods, shards, c
 @pytest.mark.parametrize("script,extra,variant", [("train_gpt_palm", [], "palm"),
                                                   ("train_gpt_lmd", ["--lmd", "moderate"], "moderate")])
 def test_variant_learns_on_the_tiny_preset(mods, shards, capsys, tmp_path, script, extra, variant):
-    # the tiny preset's model and schedule shape on synthetic shards, shortened to a few steps
-    rc, out, err = run(mods[script], capsys, "--preset", "tiny", *data_args(shards), "--num_iterations", 12,
-                       "--warmdown_iters", 4, "--val_loss_every", 6, "--val_tokens", 4096, "--seed", 1, *extra,
+    # the tiny preset's model and batch on synthetic shards, shortened to 8 steps
+    rc, out, err = run(mods[script], capsys, "--preset", "tiny", *data_args(shards), "--num_iterations", 8,
+                       "--warmdown_iters", 3, "--val_loss_every", 4, "--val_tokens", 2048, "--seed", 1, *extra,
                        "--out_dir", tmp_path / "r")
     assert rc == 0, err
     va = [r["val_loss"] for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if "val_loss" in r]

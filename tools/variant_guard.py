@@ -353,6 +353,16 @@ def sync(base_path, variant_path, old_base=None, transplant=False, out=print, ba
     c = Comparison(base_text, var_text, base_path, variant_path)
     rec = c.synced_with()
     name = os.path.basename(variant_path)
+    if c.var_doc is None:
+        raise GuardError(f"{variant_path}: no module docstring; a variant says what it changes (and which "
+                         f"train_gpt.py it was synced with) in its docstring")
+    merge_path = variant_path + ".merge"
+    if os.path.exists(merge_path):
+        raise GuardError(f"{merge_path} exists (an earlier unresolved merge); resolve or remove it first")
+
+    def keep_merge(text):
+        with open(merge_path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
     if rec == now and c.ok():
         out(f"{name}: already synced with {base_path} ({now[:12]})")
         return 0
@@ -375,22 +385,17 @@ def sync(base_path, variant_path, old_base=None, transplant=False, out=print, ba
                              f"`git show REV:train_gpt.py`), or use --transplant")
         merged, conflicts = three_way(var_text, old_text, base_text, variant_path)
         if conflicts:
-            dst = variant_path + ".merge"
-            if os.path.exists(dst):
-                raise GuardError(f"{dst} exists (an earlier unresolved merge); resolve or remove it first")
-            with open(dst, "w", encoding="utf-8", newline="") as f:
-                f.write(merged)
+            keep_merge(merged)
             out(f"{name}: {conflicts} conflict(s): train_gpt.py changed lines that a region also changes. "
-                f"Resolve the <<<<<<< markers in {dst}, move it over {name}, then run sync again")
+                f"Resolve the <<<<<<< markers in {merge_path}, move it over {name}, then run sync again")
             return 1
         how = "three-way merged the changes of train_gpt.py"
     merged = set_sync_record(merged, variant_path, now)
     c2 = Comparison(base_text, merged, base_path, variant_path)  # raises on broken syntax: nothing written
     if not c2.ok():
-        dst = variant_path + ".merge"
-        with open(dst, "w", encoding="utf-8", newline="") as f:
-            f.write(merged)
-        out(f"{name}: the merge left differences outside the regions (written to {dst}):\n{c2.drift_diff()}")
+        keep_merge(merged)
+        out(f"{name}: differences outside the regions remain after the merge (result in {merge_path}); move "
+            f"them into a region, or use --transplant to drop them:\n{c2.drift_diff()}")
         return 1
     if merged != var_text:
         tmp = variant_path + ".tmp"
