@@ -35,6 +35,7 @@ Outputs go to --out_dir (or a fresh logs/<id>/ next to this script): metrics.jso
 records add active_blocks, depthwarm_depth, depthwarm_prob), summary.json at the end, a copy of this file,
 checkpoints/ with --save_every. Format: docs/RUN_FORMAT.md. Usage notes: docs/depthwarm_curriculum.md.
 Exit code 0 only when the run finished with status "ok".
+Synced with train_gpt.py git blob 01367f66e715795909e9a5bb60f57256cf048d49.
 """
 import argparse
 import dataclasses
@@ -428,12 +429,12 @@ class Hyperparameters:
     compile: str = field(default="auto", metadata={
         "help": "torch.compile the model: auto = on for cuda; a bare --compile means on",
         "choices": ["auto", "on", "off"], "const": "on"})
-    out_dir: str = field(default="", metadata={"help": "run directory (default: a fresh logs/<id>/)"})
-    variant: str = field(default="", metadata={"help": "variant name for summary.json (default: from the script name)"})
+    out_dir: str = field(default="", metadata={"help": "run directory; empty: a fresh logs/<id>/ next to this script"})
+    variant: str = field(default="", metadata={"help": "variant name for summary.json; empty: from the script name"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: never)"})
     keep_checkpoints: int = field(default=1, metadata={"help": "most recent checkpoints kept"})
-    resume: str = field(default="", metadata={"help": "continue RUN_DIR from its latest checkpoint"})
-    preset: str = field(default="", metadata={"help": "tiny: small model on Shakespeare characters, CPU-sized",
+    resume: str = field(default="", metadata={"help": "RUN_DIR: continue that run from its latest checkpoint"})
+    preset: str = field(default="", metadata={"help": "tiny: a small model on Shakespeare characters for CPUs (values below)",
                                               "choices": ["", "tiny"]})
     # --- variant: depthwarm ---
     depthwarm_end1: float = field(default=1 / 3, metadata={"help": "phase 1 lasts while step < END1 x num_iterations"})
@@ -623,11 +624,16 @@ class StopFlag:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.signum = None
+        self.signum, self.previous = None, {}
 
     def install(self):
         for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
+            self.previous[s] = signal.signal(s, self._handle)
+
+    def uninstall(self):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
@@ -696,17 +702,29 @@ def main(argv=None):
                                   f"(the run needs --save_every, or was interrupted before its first step)")
             summ = os.path.join(run_dir, "summary.json")
             if os.path.exists(summ):
-                with open(summ) as f:
-                    if json.load(f).get("status") == "ok":
-                        raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
-            resume_ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-            saved = resume_ckpt["config"]
+                try:
+                    with open(summ) as f:
+                        finished = json.load(f).get("status") == "ok"
+                except (OSError, ValueError):
+                    finished = False  # a damaged summary does not make a finished run
+                if finished:
+                    raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
+            if "out_dir" in given and os.path.abspath(a.out_dir) != run_dir:
+                raise ConfigError(f"--out_dir {a.out_dir}: a resumed run continues in its own directory {run_dir}")
+            try:
+                resume_ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+                saved = resume_ckpt["config"]
+            except Exception as e:
+                raise ConfigError(f"--resume {a.resume}: cannot read checkpoint {ckpts[-1]} ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); delete it to fall back to an older one")
             for k in given - RESUME_MAY_CHANGE:
-                if getattr(a, k) != saved[k]:
+                if getattr(a, k) != saved.get(k):
                     raise ConfigError(f"--{k} {getattr(a, k)} differs from the resumed run's {saved[k]}; "
                                       f"--resume continues with the saved settings")
             keep = {k: getattr(a, k) for k in RESUME_MAY_CHANGE if k in given}
-            a = Hyperparameters(**{**saved, **keep, "resume": a.resume, "out_dir": run_dir})
+            known = {f.name for f in dataclasses.fields(Hyperparameters)}
+            a = Hyperparameters(**{**{k: v for k, v in saved.items() if k in known}, **keep, "resume": a.resume,
+                                   "out_dir": run_dir})
         validate_static(a, world_size)
         # --- variant: depthwarm ---
         validate_depthwarm(a)
@@ -943,10 +961,11 @@ def main(argv=None):
                 with open(os.path.join(run_dir, f"depthwarm_trace.rank{rank}.jsonl"), "a") as f:
                     f.write(json.dumps(dict(step=step - 1, active=active, param_checksum=checksum)) + "\n")
             # --- end variant ---
-            if flags[1].item():
+            stop_requested, non_finite = flags.tolist()
+            if non_finite:
                 status, error = "diverged", f"non-finite train loss at step {step}"
                 break
-            if flags[0].item() or (a.save_every and step % a.save_every == 0 and step < N):
+            if stop_requested or (a.save_every and step % a.save_every == 0 and step < N):
                 sync()
                 training_time_ms += 1000 * (time.perf_counter() - t0)  # checkpointing is not training time
                 if master:
@@ -956,7 +975,7 @@ def main(argv=None):
                     print0(f"checkpoint: {path}")
                 if distributed:
                     dist.barrier()
-                if flags[0].item():
+                if stop_requested:
                     status, error = "interrupted", f"stopped by signal at step {step}; resume with --resume {run_dir}"
                     break
                 t0 = time.perf_counter()
@@ -980,6 +999,7 @@ def main(argv=None):
         error = f"{type(e).__name__}: {first}"[:500]
         traceback.print_exc()
     finally:
+        stop.uninstall()
         if metrics_f is not None:
             metrics_f.close()
     if status != "ok" and not summary_metrics:

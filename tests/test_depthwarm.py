@@ -151,7 +151,7 @@ def test_compiled_blocks_do_not_recompile_for_new_skip_patterns(dw):
     counters.clear()
     torch.manual_seed(0)
     model = dw.GPT(64, 4, 2, 32)
-    dw.compile_blocks(model, backend="aot_eager")  # the graph count does not depend on the backend
+    dw.compile_blocks(model, backend="eager")  # graphs are counted by dynamo, whatever the backend
     x = torch.randint(0, 64, (2, 16))
     model.train()
     patterns = list(itertools.product([True, False], repeat=4))
