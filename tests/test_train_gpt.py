@@ -217,6 +217,7 @@ def test_missing_data_names_the_command(tg, tmp_path, capsys, monkeypatch):
     (["--val_tokens", "8192"], "--val_tokens"),  # more than the val shard holds
     (["--sequence_length", "4096", "--val_tokens", str(8 * 4096)], "--sequence_length"),  # a train shard shorter than one batch
     (["--n_head", "3"], "--n_head"),
+    (["--vocab_size", "32"], "--vocab_size"),  # the shards hold ids up to 63
     (["--num_iterations", "0"], "--num_iterations"),
     pytest.param(["--device", "cuda"], "--device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="only without a GPU")),
