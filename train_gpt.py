@@ -488,6 +488,16 @@ def atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
+def unused_path(path):
+    """`path`, or path with .1, .2 ... before the extension when it exists: never overwrite a record."""
+    base, ext = os.path.splitext(path)
+    i, p = 0, path
+    while os.path.exists(p):
+        i += 1
+        p = f"{base}.{i}{ext}"
+    return p
+
+
 def git_info():
     def git(*cmd):
         try:
@@ -726,7 +736,7 @@ def main(argv=None):
             mpath = os.path.join(run_dir, "metrics.jsonl")
             if resume_ckpt is not None and os.path.exists(mpath):
                 # keep what happened up to the checkpoint; the full old file is kept beside it
-                old = mpath.replace(".jsonl", f".before_resume_{step}.jsonl")
+                old = unused_path(mpath.replace(".jsonl", f".before_resume_{step}.jsonl"))
                 os.replace(mpath, old)
                 with open(old) as f, open(mpath, "w") as g:
                     for line in f:
@@ -738,7 +748,7 @@ def main(argv=None):
                             g.write(line if line.endswith("\n") else line + "\n")
                 summ = os.path.join(run_dir, "summary.json")
                 if os.path.exists(summ):
-                    os.replace(summ, os.path.join(run_dir, f"summary.before_resume_{step}.json"))
+                    os.replace(summ, unused_path(os.path.join(run_dir, f"summary.before_resume_{step}.json")))
             metrics_f = open(mpath, "a")
 
         def log_metrics(rec):

@@ -463,3 +463,12 @@ def test_compile_on_cpu_matches_eager(tg, shards, capsys, tmp_path):
     e, c = load_summary(tmp_path / "eager"), load_summary(tmp_path / "compiled")
     assert c["config"]["compiled"] and not e["config"]["compiled"]
     assert c["metrics"]["val_loss"] == pytest.approx(e["metrics"]["val_loss"], rel=1e-4)
+
+
+def test_unused_path_never_points_at_an_existing_file(tg, tmp_path):
+    p = tmp_path / "metrics.before_resume_3.jsonl"
+    assert tg.unused_path(str(p)) == str(p)
+    p.write_text("x")
+    assert tg.unused_path(str(p)) == str(tmp_path / "metrics.before_resume_3.1.jsonl")
+    (tmp_path / "metrics.before_resume_3.1.jsonl").write_text("y")
+    assert tg.unused_path(str(p)) == str(tmp_path / "metrics.before_resume_3.2.jsonl")
