@@ -149,6 +149,7 @@ Options:
   --dry-run             print the plan and every command; run and write nothing
   --timeout SECONDS     stop a run after this long (status timeout); 0 = no limit (default)
   --verbose             also stream every run's output (it always goes to stdout.log)
+  --jobs N              CPU only: N runs side by side, each with cores/N threads (default 1)
   --nnodes N            nodes (env NNODES; default 1)
   --node-rank R         this node's rank (env NODE_RANK; default 0; node 0 writes the JSON files)
   --rdzv-endpoint H:P   rendezvous endpoint (env RDZV_ENDPOINT; needed when --nnodes > 1)
@@ -167,7 +168,7 @@ EOF
 
 # ----------------------------------------------------------------------------- arguments
 STAGE=""; LOGS=""; SEEDS=""; VARIANTS=""; NPROC=""; ITERS=""; PRESET=""; DEVICE=auto; COMPILE=auto
-SAVE_EVERY=""; FORCE=0; RESUME=0; DRY=0; TIMEOUT=0; VERBOSE=0; LAUNCHER=auto
+SAVE_EVERY=""; FORCE=0; RESUME=0; DRY=0; TIMEOUT=0; VERBOSE=0; LAUNCHER=auto; JOBS=1
 NNODES=${NNODES:-1}; NODE_RANK=${NODE_RANK:-0}; RDZV_ENDPOINT=${RDZV_ENDPOINT:-}
 RDZV_BACKEND=${RDZV_BACKEND:-c10d}; PYTHON=${PYTHON:-}; SCRIPTS_DIR="$ROOT"
 EXTRA=()
@@ -195,6 +196,7 @@ while (($#)); do
         --dry-run) DRY=1; shift ;;
         --timeout) need_value "$@"; TIMEOUT=$2; shift 2 ;;
         --verbose|-v) VERBOSE=1; shift ;;
+        --jobs|-j) need_value "$@"; JOBS=$2; shift 2 ;;
         --nnodes) need_value "$@"; NNODES=$2; shift 2 ;;
         --node-rank|--node_rank) need_value "$@"; NODE_RANK=$2; shift 2 ;;
         --rdzv-endpoint|--rdzv_endpoint) need_value "$@"; RDZV_ENDPOINT=$2; shift 2 ;;
@@ -216,6 +218,7 @@ for s in $SEEDS; do is_int "$s" || die "--seeds: '$s' is not a non-negative inte
 [[ -z $NPROC ]] || { is_int "$NPROC" && ((NPROC >= 1)); } || die "--gpus/--nproc: '$NPROC' is not a positive integer"
 [[ -z $ITERS ]] || { is_int "$ITERS" && ((ITERS >= 1)); } || die "--iterations: '$ITERS' is not a positive integer"
 [[ -z $SAVE_EVERY ]] || is_int "$SAVE_EVERY" || die "--save-every: '$SAVE_EVERY' is not a non-negative integer"
+{ is_int "$JOBS" && ((JOBS >= 1)); } || die "--jobs: '$JOBS' is not a positive integer"
 [[ $TIMEOUT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--timeout: '$TIMEOUT' is not a number of seconds"
 { is_int "$NNODES" && ((NNODES >= 1)); } || die "--nnodes/NNODES: '$NNODES' is not a positive integer"
 { is_int "$NODE_RANK" && ((NODE_RANK < NNODES)); } || die "--node-rank/NODE_RANK: '$NODE_RANK' must be an integer below --nnodes ($NNODES)"
@@ -289,6 +292,15 @@ else
     CUDA_VISIBLE_DEVICES=""
 fi
 export CUDA_VISIBLE_DEVICES
+if ((JOBS > 1)); then
+    [[ $DEVICE == cpu ]] || die "--jobs runs CPU runs side by side; GPU runs take their GPUs one run after another"
+    ((NNODES == 1)) || die "--jobs and --nnodes do not mix: every node must run the same run at the same time"
+    if [[ -z ${OMP_NUM_THREADS:-} ]]; then
+        # share the cores: each run's torch uses this many threads
+        OMP_NUM_THREADS=$(($(nproc) / JOBS)); ((OMP_NUM_THREADS >= 1)) || OMP_NUM_THREADS=1
+        export OMP_NUM_THREADS
+    fi
+fi
 export PYTHONUNBUFFERED=1   # lines reach stdout.log as they are printed: the progress monitor reads them
 
 # ----------------------------------------------------------------------------- the plan
@@ -410,11 +422,28 @@ launch_cmd() {  # launch_cmd i -> fills CMD (run from $SCRIPTS_DIR)
     if [[ ${P_ACTION[i]} == resume ]]; then CMD+=(--resume "${P_DIR[i]}"); fi
 }
 
+# A run in progress holds <run dir>/.runner.lock ("host pid" of the runner process running it).
+LOCK_NAME=.runner.lock
+lock_holder() {  # lock_holder DIR -> prints who runs it, if anyone alive does
+    local f=$1/$LOCK_NAME host pid
+    [[ -f $f ]] || return 1
+    read -r host pid <"$f" || return 1
+    if [[ $host == "$HOSTNAME" ]]; then
+        kill -0 "$pid" 2>/dev/null || return 1  # a stale lock: its runner is gone
+        echo "being run by runner process $pid on this host"
+    else
+        echo "being run on $host (if it is not, delete $f)"
+    fi
+}
+
 # What to do with each planned run, from what its directory holds.
 decide() {
-    local i=$1 dir st
+    local i=$1 dir st holder
     dir=${P_DIR[i]}
     if [[ ! -e $dir ]]; then P_ACTION[i]=run; return; fi
+    if ((NODE_RANK == 0)) && holder=$(lock_holder "$dir"); then
+        P_ACTION[i]=busy; P_PREV[i]=$holder; return
+    fi
     st=$("$PYTHON" "$HELPER" status "$dir")
     case $st in
         ok|diverged|oom)
@@ -435,7 +464,7 @@ P_PREV=()
 for ((i = 0; i < N_PLANNED; i++)); do decide "$i"; done
 
 N_TODO=0
-for ((i = 0; i < N_PLANNED; i++)); do [[ ${P_ACTION[i]} != skip ]] && ((N_TODO++)); done
+for ((i = 0; i < N_PLANNED; i++)); do [[ ${P_ACTION[i]} == skip || ${P_ACTION[i]} == busy ]] || ((N_TODO++)); done
 
 # ----------------------------------------------------------------------------- printing the plan
 cmd_string() {  # the exact command of run i, as a shell line
@@ -454,6 +483,7 @@ if ((DRY)); then
         rel=${P_DIR[i]#"$LOGS_ABS"/}
         case ${P_ACTION[i]} in
             skip) note "skip    $rel (summary.json says ${P_PREV[i]}; --force reruns it)" ;;
+            busy) note "busy    $rel (${P_PREV[i]})" ;;
             rerun) note "rerun   $rel (previous attempt: ${P_PREV[i]}; it would be moved to $LOGS_ABS/.superseded/)"
                    note "        $(cmd_string "$i")" ;;
             *) note "${P_ACTION[i]}$(printf '%*s' $((8 - ${#P_ACTION[i]})) '')$rel"
@@ -484,7 +514,7 @@ fi
 write_experiments() {
     local i j key done_keys=" "
     for ((i = 0; i < N_PLANNED; i++)); do
-        [[ ${P_ACTION[i]} == skip ]] && continue
+        [[ ${P_ACTION[i]} == skip || ${P_ACTION[i]} == busy ]] && continue
         key="${P_STAGE[i]}/${P_VARIANT[i]}"
         [[ $done_keys == *" $key "* ]] && continue
         done_keys+="$key "
@@ -492,7 +522,7 @@ write_experiments() {
         for ((j = 0; j < N_PLANNED; j++)); do
             [[ "${P_STAGE[j]}/${P_VARIANT[j]}" == "$key" ]] || continue
             seeds+=("${P_SEED[j]}")
-            [[ ${P_ACTION[j]} == skip ]] && continue
+            [[ ${P_ACTION[j]} == skip || ${P_ACTION[j]} == busy ]] && continue
             cmds+=(--command "${P_SEED[j]}=$(cmd_string "$j")")
         done
         eval "targs=(${P_ARGS[i]})"
@@ -505,29 +535,38 @@ write_experiments() {
 }
 
 # ----------------------------------------------------------------------------- running
-CHILD=""; INTERRUPTED=0
+# State shared by the runs (each run is a background subshell, so plain variables cannot carry it):
+#   rows.tsv       one line per run for the final table
+#   durations.tsv  "stage<TAB>seconds" of finished runs, for the ETA
+#   pids/<i>       the process group leader (timeout) of a running run, for Ctrl-C
+#   interrupted    exists once the user asked to stop
+STATE=$(mktemp -d "${TMPDIR:-/tmp}/run_experiments.XXXXXX")
+mkdir -p "$STATE/pids"
+: >"$STATE/rows.tsv"; : >"$STATE/durations.tsv"
+trap 'rm -rf "$STATE"' EXIT
+INTERRUPTED=0
+
 # shellcheck disable=SC2317  # invoked by the trap
 on_signal() {
     ((INTERRUPTED++))
-    if [[ -n $CHILD ]]; then
-        if ((INTERRUPTED == 1)); then
-            printf '\n== interrupted: stopping the current run (again to kill it at once)\n'
-            kill -TERM "$CHILD" 2>/dev/null
-        else
-            kill -KILL -- "-$CHILD" 2>/dev/null; kill -KILL "$CHILD" 2>/dev/null
-        fi
+    : >"$STATE/interrupted"
+    local f pid
+    if ((INTERRUPTED == 1)); then
+        printf '\n== interrupted: stopping the running run(s) (again to kill them at once)\n'
     fi
+    for f in "$STATE"/pids/*; do
+        [[ -f $f ]] || continue
+        pid=$(<"$f")
+        # timeout leads the run's process group and forwards SIGTERM to all of it
+        if ((INTERRUPTED == 1)); then kill -TERM "$pid" 2>/dev/null
+        else kill -KILL -- "-$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null; fi
+    done
 }
 trap on_signal INT TERM
 
-declare -A DONE_SUM=() DONE_CNT=()
-ALL_SUM=0; ALL_CNT=0
-
 estimate_run() {  # estimate_run i -> seconds a run of i's stage takes, from finished ones ("" if none)
-    local st=${P_STAGE[$1]}
-    if [[ -n ${DONE_CNT[$st]:-} ]]; then echo $((DONE_SUM[$st] / DONE_CNT[$st]))
-    elif ((ALL_CNT > 0)); then echo $((ALL_SUM / ALL_CNT))
-    else echo ""; fi
+    awk -F'\t' -v st="${P_STAGE[$1]}" '$1 == st {s += $2; n++} {a += $2; m++}
+        END {if (n) print int(s / n); else if (m) print int(a / m)}' "$STATE/durations.tsv"
 }
 
 # eta i run_elapsed step total -> seconds until the stage ends ("" if unknown)
@@ -541,17 +580,14 @@ eta() {
     fi
     [[ -z $cur ]] && { echo ""; return; }
     for ((j = i + 1; j < N_PLANNED; j++)); do
-        [[ ${P_ACTION[j]} == skip ]] && continue
+        [[ ${P_ACTION[j]} == skip || ${P_ACTION[j]} == busy ]] && continue
         est=$(estimate_run "$j")
         [[ -z $est ]] && est=$((el + cur))
         ((rest += est))
     done
-    echo $((cur + rest))
+    echo $((cur + rest / JOBS))
 }
 
-ROWS_FILE=$(mktemp "${TMPDIR:-/tmp}/run_experiments.rows.XXXXXX")
-trap 'rm -f "$ROWS_FILE"' EXIT
-N_BAD=0
 STAGE_T0=$(now)
 
 move_aside() {  # move_aside i : the previous attempt goes to <logs>/.superseded/<stage>/<variant>/seed_S.<utc>
@@ -562,20 +598,25 @@ move_aside() {  # move_aside i : the previous attempt goes to <logs>/.superseded
     note "   previous attempt (${P_PREV[i]}) moved to ${dest#"$LOGS_ABS"/}"
 }
 
-run_one() {  # run_one i k : run plan entry i as run k of N_TODO
-    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s
+row() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STATE/rows.tsv"; }
+
+run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a background subshell)
+    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s child
     dir=${P_DIR[i]}
     label="[$k/$N_TODO] ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}"
     if ((NODE_RANK == 0)); then
         case ${P_ACTION[i]} in
-            rerun) move_aside "$i" || { note "$label: cannot move ${P_DIR[i]} aside; not run"; return 1; } ;;
+            rerun) move_aside "$i" || { note "$label: cannot move ${P_DIR[i]} aside; not run"
+                                        row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "not run" failed "" "" "cannot move the old run aside"
+                                        return 1; } ;;
             resume)
                 if [[ -f $dir/summary.json ]]; then
                     mv "$dir/summary.json" "$dir/summary.${P_PREV[i]}-$(utc_stamp).json"
                 fi ;;
         esac
     fi
-    mkdir -p "$dir" || { note "$label: cannot create $dir"; return 1; }
+    mkdir -p "$dir" || { note "$label: cannot create $dir"; row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "not run" failed "" "" "cannot create the run directory"; return 1; }
+    ((NODE_RANK == 0)) && printf '%s %s\n' "$HOSTNAME" "$BASHPID" >"$dir/$LOCK_NAME"
     if ((NODE_RANK == 0)); then log=$dir/stdout.log; else log=$dir/stdout.node$NODE_RANK.log; fi
     launch_cmd "$i"
     local offset=0
@@ -585,21 +626,22 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
             "${P_STAGE[i]}" "${P_VARIANT[i]}" "${P_SEED[i]}" "$NODE_RANK"
         printf '=== %s\n' "$(cmd_string "$i")"
     } >>"$log"
-    local stage_el; stage_el=$(($(now) - STAGE_T0))
-    note "$label: ${P_ACTION[i]} (stage elapsed $(fmt_dur "$stage_el"))"
+    note "$label: ${P_ACTION[i]} (stage elapsed $(fmt_dur $(($(now) - STAGE_T0))))"
     t0=$(now); last_print=$t0
     local t0_precise=$EPOCHREALTIME t1_precise
     if [[ ! -f $SCRIPTS_DIR/${P_SCRIPT[i]} ]]; then
         printf 'FileNotFoundError: %s is not in %s (the trainer script does not exist yet?)\n' "${P_SCRIPT[i]}" "$SCRIPTS_DIR" >>"$log"
         rc=127
     else
-        # timeout puts the run in its own process group and forwards our SIGTERM to all of it.
+        # timeout puts the run in its own process group and forwards a SIGTERM to all of it.
         (cd "$SCRIPTS_DIR" && exec timeout --kill-after=30 "$TIMEOUT" "${CMD[@]}") >>"$log" 2>&1 </dev/null &
-        CHILD=$!
+        child=$!
+        echo "$child" >"$STATE/pids/$i"
+        [[ -f $STATE/interrupted ]] && kill -TERM "$child" 2>/dev/null  # Ctrl-C came while it was starting
         local tail_pid=""
-        if ((VERBOSE)); then tail -c +$((offset + 1)) -f --pid="$CHILD" "$log" & tail_pid=$!; fi
+        if ((VERBOSE)); then tail -c +$((offset + 1)) -f --pid="$child" "$log" & tail_pid=$!; fi
         local poll=0.05
-        while kill -0 "$CHILD" 2>/dev/null; do
+        while kill -0 "$child" 2>/dev/null; do
             sleep "$poll"
             [[ $poll == "$POLL_S" ]] || poll=$(case $poll in 0.05) echo 0.1 ;; 0.1) echo 0.2 ;; *) echo "$POLL_S" ;; esac)
             line=$(tail -c 65536 "$log" 2>/dev/null | grep -a -E '^step:[0-9]+/[0-9]+ ' | tail -n 1)
@@ -615,16 +657,17 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
                 last_print=$(now)
             fi
         done
-        wait "$CHILD"; rc=$?
-        CHILD=""
+        wait "$child"; rc=$?
+        rm -f "$STATE/pids/$i"
         [[ -n $tail_pid ]] && wait "$tail_pid" 2>/dev/null
     fi
     t1_precise=$EPOCHREALTIME
     el=$(($(now) - t0))
     printf '=== run_experiments.sh %s: exit code %s after %ss\n' "$(date -u +%FT%TZ)" "$rc" "$el" >>"$log"
-    local -a fin=(--log "$log" --exit-code "$rc" --elapsed "$el" --t0 "$t0_precise" --t1 "$t1_precise" --timeout "$TIMEOUT" --script "${P_SCRIPT[i]}"
-                  --variant "${P_VARIANT[i]}" --seed "${P_SEED[i]}" --repo "$SCRIPTS_DIR")
-    ((INTERRUPTED)) && fin+=(--interrupted)
+    local -a fin=(--log "$log" --exit-code "$rc" --elapsed "$el" --t0 "$t0_precise" --t1 "$t1_precise"
+                  --timeout "$TIMEOUT" --script "${P_SCRIPT[i]}" --variant "${P_VARIANT[i]}" --seed "${P_SEED[i]}"
+                  --repo "$SCRIPTS_DIR")
+    [[ -f $STATE/interrupted ]] && fin+=(--interrupted)
     local desc status vloss wall err
     if ((NODE_RANK == 0)); then
         # Under several nodes, global rank 0 may live on another node and finish a moment later.
@@ -633,6 +676,7 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
         fi
         desc=$("$PYTHON" "$HELPER" finish "$dir" "${fin[@]}") ||
             note "$label: warning: runner/runinfo.py could not record the run's summary.json"
+        rm -f "$dir/$LOCK_NAME"
     else
         desc=$("$PYTHON" "$HELPER" describe "$dir")
         if [[ $desc == none* ]]; then
@@ -647,35 +691,43 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO
         note "$label: ${status^^} after $(fmt_dur "$el"): $err"
         note "$label: log: $log"
     fi
-    ((DONE_SUM[${P_STAGE[i]}] += el, DONE_CNT[${P_STAGE[i]}] += 1, ALL_SUM += el, ALL_CNT += 1))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "${P_ACTION[i]}" \
-        "$status" "$vloss" "${wall:-$el}" "$err" >>"$ROWS_FILE"
-    [[ $status == ok ]]
+    printf '%s\t%s\n' "${P_STAGE[i]}" "$el" >>"$STATE/durations.tsv"
+    row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "${P_ACTION[i]}" "$status" "$vloss" "${wall:-$el}" "$err"
 }
 
 if ((N_TODO > 0 && NODE_RANK == 0)); then write_experiments; fi
+if ((JOBS > 1)); then note "   $JOBS runs at a time, OMP_NUM_THREADS=$OMP_NUM_THREADS each"; fi
 
+running() { jobs -pr | wc -l; }
 k=0
 for ((i = 0; i < N_PLANNED; i++)); do
     if [[ ${P_ACTION[i]} == skip ]]; then
         IFS=$'\x1f' read -r status vloss wall err <<<"$("$PYTHON" "$HELPER" describe "${P_DIR[i]}")"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "skipped" \
-            "$status" "$vloss" "$wall" "$err" >>"$ROWS_FILE"
+        row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" skipped "$status" "$vloss" "$wall" "$err"
         note "skip ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}: summary.json says $status (--force reruns it)"
-        [[ $status == ok ]] || ((N_BAD++))
         continue
     fi
+    if [[ ${P_ACTION[i]} == busy ]]; then
+        row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "not run" "running" "" "" "${P_PREV[i]}"
+        note "busy ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}: ${P_PREV[i]}"
+        continue
+    fi
+    # a free slot (waiting is interruptible: Ctrl-C runs the trap at once)
+    while (($(running) >= JOBS)) && ((!INTERRUPTED)); do wait -n 2>/dev/null; done
     if ((INTERRUPTED)); then
-        printf '%s\t%s\t%s\t%s\t\t\t%s\n' "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "not run" "-" "interrupted before it started" >>"$ROWS_FILE"
-        ((N_BAD++)); continue
+        row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "not run" "-" "" "" "interrupted before it started"
+        continue
     fi
     ((k++))
-    run_one "$i" "$k" || ((N_BAD++))
+    run_one "$i" "$k" &
 done
+# Every run to its end (a trap interrupts wait; the runs then record themselves as interrupted).
+while (($(running) > 0)); do wait 2>/dev/null; done
 
 note ""
 note "== $STAGE: finished in $(fmt_dur $(($(now) - STAGE_T0))); logs: $LOGS_ABS"
-"$PYTHON" "$HELPER" table "$ROWS_FILE"
+"$PYTHON" "$HELPER" table "$STATE/rows.tsv"
+N_BAD=$(awk -F'\t' '$4 != "ok"' "$STATE/rows.tsv" | wc -l)
 
 if [[ $STAGE == demo ]] && ((!INTERRUPTED && NODE_RANK == 0)); then
     note ""

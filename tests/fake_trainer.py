@@ -6,7 +6,9 @@ Environment knobs (the tests set them):
   FAKE_CRASH_SEEDS   seeds that raise an exception before any summary is written ("43 44")
   FAKE_HANG_SEEDS    seeds that never finish (for --timeout)
   FAKE_TERM_SUMMARY  when set, SIGTERM writes an 'interrupted' summary as the real trainers do
-  FAKE_RECORD        a file: one JSON line per start (argv, CUDA_VISIBLE_DEVICES, RANK, WORLD_SIZE)
+  FAKE_RECORD        a file: one JSON line per start (argv, CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, ...)
+  FAKE_MEET          a directory: each run leaves its seed there and waits (30 s at most) until FAKE_MEET_N
+                     runs have, failing otherwise; only runs that are alive at the same time can meet
 """
 import argparse
 import json
@@ -42,7 +44,16 @@ def main():
         with open(os.environ["FAKE_RECORD"], "a") as f:
             f.write(json.dumps({"argv": sys.argv, "cwd": os.getcwd(),
                                 "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                                 "RANK": os.environ.get("RANK"), "WORLD_SIZE": os.environ.get("WORLD_SIZE")}) + "\n")
+    if os.environ.get("FAKE_MEET"):
+        meet = os.environ["FAKE_MEET"]
+        open(os.path.join(meet, str(a.seed)), "w").close()
+        deadline = time.time() + 30
+        while len(os.listdir(meet)) < int(os.environ.get("FAKE_MEET_N", "2")):
+            if time.time() > deadline:
+                raise SystemExit(f"fake trainer: no other run started within 30 s (FAKE_MEET {meet})")
+            time.sleep(0.02)
     start = 0
     ck = os.path.join(out, "checkpoints", "step.txt")
     if a.resume:

@@ -241,6 +241,45 @@ def test_resume_continues_from_the_checkpoint(fake_repo, tmp_path):
     assert len(kept) == 1 and json.loads((rdir / kept[0]).read_text())["status"] == "failed"
 
 
+def test_jobs_run_side_by_side_with_shared_cores(fake_repo, tmp_path):
+    logs, meet = tmp_path / "logs", tmp_path / "meet"
+    meet.mkdir()
+    # Each fake run waits until another one has started: only concurrent runs can all succeed.
+    p = run(["embnorm", "--jobs", "2", "--seeds", "1,2", "--variants", "baseline", "--iterations", "5",
+             "--scripts-dir", str(fake_repo), "--logs", str(logs)], tmp_path,
+            env={"FAKE_MEET": str(meet), "OMP_NUM_THREADS": ""}, check_rc=0)
+    assert sorted(os.listdir(meet)) == ["1", "2"]
+    threads = max(1, os.cpu_count() // 2)
+    assert [r["OMP_NUM_THREADS"] for r in starts(tmp_path)] == [str(threads)] * 2
+    assert "2 of 2 runs ok" in p.stdout
+    # the same stage one run at a time: the first run waits for a partner that never comes
+    shutil.rmtree(meet); meet.mkdir()
+    p = run(["embnorm", "--seeds", "3,4", "--variants", "baseline", "--iterations", "5", "--timeout", "2",
+             "--scripts-dir", str(fake_repo), "--logs", str(logs)], tmp_path, env={"FAKE_MEET": str(meet)})
+    assert p.returncode == 1 and summary(logs / "embnorm" / "baseline" / "seed_3")["status"] != "ok"
+
+
+def test_a_run_in_progress_is_left_alone(fake_repo, tmp_path):
+    import socket
+    logs = tmp_path / "logs"
+    rdir = logs / "embnorm" / "baseline" / "seed_1"
+    rdir.mkdir(parents=True)
+    (rdir / "stdout.log").write_text("step:3/300 val_loss:4.0000 train_time:1ms step_avg:1.00ms\n")
+    (rdir / ".runner.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")  # alive: this test process
+    args = ["embnorm", "--seeds", "1", "--variants", "baseline", "--iterations", "5", "--scripts-dir",
+            str(fake_repo), "--logs", str(logs)]
+    for extra in ([], ["--force"]):
+        p = run([*args, *extra], tmp_path)
+        assert p.returncode == 1 and f"being run by runner process {os.getpid()}" in p.stdout
+        assert sorted(os.listdir(rdir)) == [".runner.lock", "stdout.log"] and not starts(tmp_path)
+    # a lock whose process is gone is stale: the attempt is moved aside and the run starts over
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    (rdir / ".runner.lock").write_text(f"{socket.gethostname()} {dead}\n")
+    run(args, tmp_path, check_rc=0)
+    assert summary(rdir)["status"] == "ok" and not (rdir / ".runner.lock").exists()
+    assert len(list((logs / ".superseded" / "embnorm" / "baseline").iterdir())) == 1
+
+
 def fake_nvidia_smi(tmp_path, n):
     d = tmp_path / "gpu_bin"
     d.mkdir(exist_ok=True)
