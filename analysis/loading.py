@@ -143,27 +143,30 @@ def _num_or_nan(x):
     return float(x)
 
 
-_NUMBER = r"(-?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|Infinity)|NaN)"
-_FAST_LINE = re.compile(r'^\{"step": ?(\d+), ?"(train_loss|val_loss)": ?' + _NUMBER
-                        + r'(?:, ?"train_time_ms": ?' + _NUMBER + r')?[,}]', re.M)
+_FAST_TRAIN = re.compile(r'"step": (\d+), "train_loss": ([^,}\s]+)')
+_FAST_VAL = re.compile(r'"step": (\d+), "val_loss": ([^,}\s]+), "train_time_ms": ([^,}\s]+)')
 
 
 def _fast_curves(text):
-    """The common layout (keys in the order of docs/RUN_FORMAT.md, one object per line) read by one
-    regular expression: several times faster than json for 5,000-line files. Returns None unless
-    every line is accounted for, so anything unusual goes through the json path."""
-    if not text.endswith("\n"):
+    """The common layout (json.dumps of the records of docs/RUN_FORMAT.md, keys in that order, one
+    object per line) read by two literal-prefixed regular expressions: several times faster than
+    json for 5,000-line files. Returns None unless every line is accounted for and every value is a
+    number, so anything unusual goes through the json path."""
+    if not text.endswith("\n") or not text.startswith("{"):
         return None
-    rows = _FAST_LINE.findall(text)
-    if len(rows) != text.count("\n") - text.count("\n\n") - text.startswith("\n"):
+    lines = text.count("\n")
+    if text.count("\n{") + 1 != lines:
         return None
-    if text.count('"val_loss"') + text.count('"train_loss"') != len(rows):
+    train = _FAST_TRAIN.findall(text)
+    val = _FAST_VAL.findall(text)
+    if len(train) + len(val) != lines or text.count('"train_loss"') != len(train) or text.count('"val_loss"') != len(val):
         return None
-    if not rows:
-        return np.zeros((0, 3)), np.zeros((0, 2))
-    arr = np.array([(a, c, d or "nan") for a, _, c, d in rows], dtype=float)
-    is_val = np.array([k == "val_loss" for _, k, _, _ in rows])
-    return arr[is_val], arr[~is_val][:, :2]
+    try:
+        tr = np.array(train, dtype=float).reshape(-1, 2)
+        va = np.array(val, dtype=float).reshape(-1, 3)
+    except ValueError:
+        return None
+    return va, tr
 
 
 def _rows_to_array(rows, width):
