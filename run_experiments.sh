@@ -58,11 +58,13 @@ define_stage() {
     S_HP=""; S_RUNS=""
     case $1 in
         stage_a)
-            S_DESC="screening: 1 GPU, 1,000 iterations, batch 128 (device batch 16), warm-down 284, val every 25; baseline and palm; 2 seeds"
+            S_DESC="screening: 1 GPU, 1,000 iterations, batch 128 (device batch 16), warm-down 284, val every 25; baseline, palm, depthwarm, curriculum; 2 seeds"
             S_GPUS=1; S_SEEDS="42 43"; S_WARMDOWN_RATIO="284/1000"
             S_HP="--num_iterations 1000 --warmdown_iters 284 --batch_size 128 --device_batch_size 16 --val_loss_every 25"
             S_RUNS="stage_a baseline train_gpt.py - -
-stage_a palm train_gpt_palm.py - -" ;;
+stage_a palm train_gpt_palm.py - -
+stage_a depthwarm train_gpt_depthwarm.py - -
+stage_a curriculum train_gpt_curriculum.py - -" ;;
         stage_b)
             S_DESC="validation: 4 GPUs, 3,000 iterations, warm-down 853 (1,450 x 3,000/5,100), record batch 512; baseline and palm; 3 seeds"
             S_GPUS=4
@@ -105,6 +107,8 @@ tiny palm train_gpt_palm.py 1 - --preset tiny" ;;
 smoke baseline_2proc train_gpt.py 2 - --preset tiny --warmdown_iters 1 --val_loss_every 2 --device_batch_size 4
 smoke palm train_gpt_palm.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
 smoke lmd_moderate train_gpt_lmd.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2 --lmd moderate
+smoke depthwarm train_gpt_depthwarm.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
+smoke curriculum train_gpt_curriculum.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
 smoke embnorm_baseline train_mini_embnorm.py 1 - --variant baseline
 smoke embnorm_layernorm train_mini_embnorm.py 1 - --variant layernorm
 smoke embnorm_rmsnorm train_mini_embnorm.py 1 - --variant rmsnorm" ;;
@@ -383,8 +387,8 @@ case $STAGE in
         plan_stage
         define_stage embnorm
         S_HP="--num_iterations $DEMO_EMBNORM_ITERS"
-        if ((DEMO_EMBNORM_ITERS != 300)); then
-            note "note: the demo's embnorm study uses $DEMO_EMBNORM_ITERS iterations (the study's design is 300: ./run_experiments.sh embnorm)"
+        if ((${ITERS:-$DEMO_EMBNORM_ITERS} != 300)); then
+            note "note: the demo's embnorm study uses ${ITERS:-$DEMO_EMBNORM_ITERS} iterations, written to embnorm_demo/ (the study's design is 300: ./run_experiments.sh embnorm)"
             S_RUNS=${S_RUNS//embnorm /embnorm_demo }
         fi
         plan_stage ;;
@@ -601,7 +605,7 @@ move_aside() {  # move_aside i : the previous attempt goes to <logs>/.superseded
 row() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STATE/rows.tsv"; }
 
 run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a background subshell)
-    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s child
+    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s child what
     dir=${P_DIR[i]}
     label="[$k/$N_TODO] ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}"
     if ((NODE_RANK == 0)); then
@@ -653,7 +657,8 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a backgroun
             if [[ -n $val && $line != "$last_val" ]] || ((($(now) - last_print) >= HEARTBEAT_S)); then
                 [[ -n $val ]] && last_val=$line
                 eta_s=$(eta "$i" "$el" "$step" "$total")
-                note "$label: ${step:+step $step/$total }${val:+val_loss $val }| run $(fmt_dur "$el") | stage $(fmt_dur $(($(now) - STAGE_T0)))${eta_s:+ | ETA $(fmt_dur "$eta_s")}"
+                what="${step:+step $step/$total }${val:+val_loss $val }"
+                note "$label: ${what:-"running, no step line yet "}| run $(fmt_dur "$el") | stage $(fmt_dur $(($(now) - STAGE_T0)))${eta_s:+ | ETA $(fmt_dur "$eta_s")}"
                 last_print=$(now)
             fi
         done

@@ -65,7 +65,8 @@ def summary(path):
 
 def test_layout_experiment_json_and_environment(fake_repo, tmp_path):
     logs = tmp_path / "logs"
-    p = run(["stage_a", "--preset", "tiny", "--iterations", "30", "--scripts-dir", str(fake_repo),
+    p = run(["stage_a", "--preset", "tiny", "--variants", "baseline,palm", "--iterations", "30",
+             "--scripts-dir", str(fake_repo),
              "--logs", str(logs), "--", "--batch_size", "8"], tmp_path, check_rc=0)
     for variant, script in (("baseline", "train_gpt.py"), ("palm", "train_gpt_palm.py")):
         vdir = logs / "stage_a" / variant
@@ -142,7 +143,8 @@ def test_failure_is_captured_and_the_stage_goes_on(fake_repo, tmp_path):
 def test_missing_script_fails_that_variant_only(fake_repo, tmp_path):
     os.remove(fake_repo / "train_gpt_palm.py")
     logs = tmp_path / "logs"
-    p = run(["stage_a", "--preset", "tiny", "--seeds", "1", "--iterations", "5", "--scripts-dir", str(fake_repo),
+    p = run(["stage_a", "--preset", "tiny", "--variants", "baseline,palm", "--seeds", "1", "--iterations", "5",
+             "--scripts-dir", str(fake_repo),
              "--logs", str(logs)], tmp_path, check_rc=1)
     assert summary(logs / "stage_a" / "baseline" / "seed_1")["status"] == "ok"
     s = summary(logs / "stage_a" / "palm" / "seed_1")
