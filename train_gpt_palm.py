@@ -26,7 +26,7 @@ How to run
 Outputs go to --out_dir (or a fresh logs/<id>/ next to this script): metrics.jsonl while training,
 summary.json at the end (variant "palm"), a copy of this file, checkpoints/ with --save_every.
 Format: docs/RUN_FORMAT.md. Exit code 0 only when the run finished with status "ok".
-Synced with train_gpt.py git blob 01367f66e715795909e9a5bb60f57256cf048d49.
+Synced with train_gpt.py git blob 631ddd27a6ca4d7cf469f4252581d7c3e61f648f.
 """
 import argparse
 import dataclasses
@@ -237,24 +237,24 @@ class DataError(Exception):
     """Bad or missing data; the message is one line naming the file and what to do."""
 
 
-def open_shard(path, how_to_get):
+def open_shard(path, hint):
     """Check the header against the file size and return the tokens as a read-only memory map."""
     try:
         size = os.path.getsize(path)
         header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     except OSError as e:
-        raise DataError(f"cannot read shard {path}: {e.strerror}; {how_to_get}")
+        raise DataError(f"cannot read shard {path}: {e.strerror}; {hint}")
     if len(header) < HEADER_INTS:
-        raise DataError(f"shard {path} is shorter than its 1024-byte header; {how_to_get}")
+        raise DataError(f"shard {path} is shorter than its 1024-byte header; {hint}")
     if header[0] != SHARD_MAGIC:
-        raise DataError(f"shard {path} has magic {header[0]}, expected {SHARD_MAGIC} (not a token shard); {how_to_get}")
+        raise DataError(f"shard {path} has magic {header[0]}, expected {SHARD_MAGIC} (not a token shard); {hint}")
     if header[1] != SHARD_VERSION:
-        raise DataError(f"shard {path} has version {header[1]}, expected {SHARD_VERSION}; {how_to_get}")
+        raise DataError(f"shard {path} has version {header[1]}, expected {SHARD_VERSION}; {hint}")
     ntok = int(header[2])
     expected = HEADER_INTS * 4 + 2 * ntok
     if ntok <= 0 or size != expected:
         raise DataError(f"shard {path} is {size} bytes but its header promises {ntok} tokens ({expected} bytes): "
-                        f"truncated or corrupt; {how_to_get}")
+                        f"truncated or corrupt; {hint}")
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_INTS * 4, shape=(ntok,))
 
 
@@ -430,7 +430,7 @@ def validate_static(a, world_size):
         raise ConfigError(f"--learning_rate must be a positive number (got {a.learning_rate})")
 
 
-def how_to_get(pattern_default, a, needed_shards=None):
+def how_to_get(pattern_default, needed_shards=None):
     if "shakespeare" in pattern_default:
         return "run `python data/prepare_shakespeare.py`"
     if "fineweb" in pattern_default:
@@ -449,7 +449,7 @@ def open_data(a, given, world_size):
     for flag in ("input_bin", "input_val_bin"):
         pattern = getattr(a, flag)
         path = resolve_path(pattern)
-        hint = how_to_get(pattern, a, shards_needed(a)) if flag not in given else f"check --{flag}"
+        hint = how_to_get(pattern, shards_needed(a)) if flag not in given else f"check --{flag}"
         files = sorted(glob.glob(path))
         if not files:
             raise DataError(f"no files match --{flag} {path}; {hint}")
@@ -464,6 +464,13 @@ def open_data(a, given, world_size):
     if val_batches * (chunk - 1) < a.val_tokens:
         raise DataError(f"--val_tokens {a.val_tokens} is more than the val shards hold in whole batches "
                         f"({val_batches * (chunk - 1)} tokens in {', '.join(f for f, _ in val)})")
+    # token ids beyond the embedding would only fail at the first batch: look at the val prefix and the
+    # start of every train shard (a full scan of 100M-token shards would cost seconds each)
+    for f, s in val[:1] + train:
+        top = int(s[:min(len(s), max(a.val_tokens, 1 << 20))].max())
+        if top >= a.vocab_size:
+            raise DataError(f"shard {f} holds token id {top}, but --vocab_size is {a.vocab_size}: "
+                            f"wrong data for this model (or raise --vocab_size)")
     # the seed fixes the data order: a permutation of the shards and a start offset in the first one
     rng = np.random.default_rng(a.seed)
     order = rng.permutation(len(train))
@@ -487,6 +494,16 @@ def atomic_write_json(path, obj):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def unused_path(path):
+    """`path`, or path with .1, .2 ... before the extension when it exists: never overwrite a record."""
+    base, ext = os.path.splitext(path)
+    i, p = 0, path
+    while os.path.exists(p):
+        i += 1
+        p = f"{base}.{i}{ext}"
+    return p
 
 
 def git_info():
@@ -551,7 +568,7 @@ def save_checkpoint(run_dir, step, model, optimizers, loader, a, timing, keep):
     state = dict(
         step=step, config=dataclasses.asdict(a), model=model.state_dict(),
         optimizers=[o.state_dict() for o in optimizers], loader=loader.state_dict(), timing=timing,
-        rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
                  numpy=np.random.get_state(), python=random.getstate()))
     path = os.path.join(d, f"step_{step:06d}.pt")
     tmp = path + ".tmp"
@@ -711,7 +728,7 @@ def main(argv=None):
             rng = resume_ckpt["rng"]
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None and device_type == "cuda":
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                torch.cuda.set_rng_state(rng["cuda"])
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
 
@@ -727,7 +744,7 @@ def main(argv=None):
             mpath = os.path.join(run_dir, "metrics.jsonl")
             if resume_ckpt is not None and os.path.exists(mpath):
                 # keep what happened up to the checkpoint; the full old file is kept beside it
-                old = mpath.replace(".jsonl", f".before_resume_{step}.jsonl")
+                old = unused_path(mpath.replace(".jsonl", f".before_resume_{step}.jsonl"))
                 os.replace(mpath, old)
                 with open(old) as f, open(mpath, "w") as g:
                     for line in f:
@@ -739,7 +756,7 @@ def main(argv=None):
                             g.write(line if line.endswith("\n") else line + "\n")
                 summ = os.path.join(run_dir, "summary.json")
                 if os.path.exists(summ):
-                    os.replace(summ, os.path.join(run_dir, f"summary.before_resume_{step}.json"))
+                    os.replace(summ, unused_path(os.path.join(run_dir, f"summary.before_resume_{step}.json")))
             metrics_f = open(mpath, "a")
 
         def log_metrics(rec):
@@ -757,7 +774,7 @@ def main(argv=None):
         if need > have and master:
             per = have / len(train_shards)
             n_need = math.ceil(need / per)
-            hint = (f"; {how_to_get(a.input_bin, a, n_need)}" if "input_bin" not in given else "")
+            hint = (f"; {how_to_get(a.input_bin, n_need)}" if "input_bin" not in given else "")
             print(f"warning: this run consumes {need:,} train tokens but the {len(train_shards)} train shard(s) hold "
                   f"{have:,}: data will repeat. About {n_need} shards of this size are needed{hint}",
                   file=sys.stderr, flush=True)
