@@ -573,11 +573,13 @@ estimate_run() {  # estimate_run i -> seconds a run of i's stage takes, from fin
         END {if (n) print int(s / n); else if (m) print int(a / m)}' "$STATE/durations.tsv"
 }
 
-# eta i run_elapsed step total -> seconds until the stage ends ("" if unknown)
+# eta i run_elapsed step total since0 step0 -> seconds until the stage ends ("" if unknown); the run's
+# pace is measured from the first step line it printed (step0, since0 seconds into the run), so the
+# start-up (imports, data, compilation) does not count as steps
 eta() {
-    local i=$1 el=$2 step=$3 total=$4 cur="" est j rest=0
-    if [[ -n $step && -n $total ]] && ((step > 0 && total > 0)); then
-        cur=$((el * (total - step) / step))
+    local i=$1 el=$2 step=$3 total=$4 since0=${5:-0} step0=${6:-0} cur="" est j rest=0
+    if [[ -n $step && -n $total ]] && ((step > step0 && total > 0 && el > since0)); then
+        cur=$(((el - since0) * (total - step) / (step - step0)))
     else
         est=$(estimate_run "$i")
         [[ -n $est ]] && cur=$((est > el ? est - el : 0))
@@ -605,7 +607,7 @@ move_aside() {  # move_aside i : the previous attempt goes to <logs>/.superseded
 row() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STATE/rows.tsv"; }
 
 run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a background subshell)
-    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s child what
+    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s child what step0="" since0=0
     dir=${P_DIR[i]}
     label="[$k/$N_TODO] ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}"
     if ((NODE_RANK == 0)); then
@@ -654,9 +656,10 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a backgroun
             if [[ $line =~ ^step:([0-9]+)/([0-9]+)\  ]]; then step=${BASH_REMATCH[1]}; total=${BASH_REMATCH[2]}; fi
             if [[ $line =~ val_loss:([^ ]+) ]]; then val=${BASH_REMATCH[1]}; fi
             el=$(($(now) - t0))
+            if [[ -n $step && -z $step0 ]]; then step0=$step; since0=$el; fi
             if [[ -n $val && $line != "$last_val" ]] || ((($(now) - last_print) >= HEARTBEAT_S)); then
                 [[ -n $val ]] && last_val=$line
-                eta_s=$(eta "$i" "$el" "$step" "$total")
+                eta_s=$(eta "$i" "$el" "$step" "$total" "$since0" "$step0")
                 what="${step:+step $step/$total }${val:+val_loss $val }"
                 note "$label: ${what:-"running, no step line yet "}| run $(fmt_dur "$el") | stage $(fmt_dur $(($(now) - STAGE_T0)))${eta_s:+ | ETA $(fmt_dur "$eta_s")}"
                 last_print=$(now)
