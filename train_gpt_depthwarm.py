@@ -35,7 +35,7 @@ Outputs go to --out_dir (or a fresh logs/<id>/ next to this script): metrics.jso
 records add active_blocks, depthwarm_depth, depthwarm_prob), summary.json at the end, a copy of this file,
 checkpoints/ with --save_every. Format: docs/RUN_FORMAT.md. Usage notes: docs/depthwarm_curriculum.md.
 Exit code 0 only when the run finished with status "ok".
-Synced with train_gpt.py git blob 2629cf3bd225977687737fc12fd0e26dfd4366ca.
+Synced with train_gpt.py git blob 631ddd27a6ca4d7cf469f4252581d7c3e61f648f.
 """
 import argparse
 import dataclasses
@@ -599,6 +599,16 @@ def atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
+def unused_path(path):
+    """`path`, or path with .1, .2 ... before the extension when it exists: never overwrite a record."""
+    base, ext = os.path.splitext(path)
+    i, p = 0, path
+    while os.path.exists(p):
+        i += 1
+        p = f"{base}.{i}{ext}"
+    return p
+
+
 def git_info():
     def git(*cmd):
         try:
@@ -849,7 +859,7 @@ def main(argv=None):
             mpath = os.path.join(run_dir, "metrics.jsonl")
             if resume_ckpt is not None and os.path.exists(mpath):
                 # keep what happened up to the checkpoint; the full old file is kept beside it
-                old = mpath.replace(".jsonl", f".before_resume_{step}.jsonl")
+                old = unused_path(mpath.replace(".jsonl", f".before_resume_{step}.jsonl"))
                 os.replace(mpath, old)
                 with open(old) as f, open(mpath, "w") as g:
                     for line in f:
@@ -861,7 +871,7 @@ def main(argv=None):
                             g.write(line if line.endswith("\n") else line + "\n")
                 summ = os.path.join(run_dir, "summary.json")
                 if os.path.exists(summ):
-                    os.replace(summ, os.path.join(run_dir, f"summary.before_resume_{step}.json"))
+                    os.replace(summ, unused_path(os.path.join(run_dir, f"summary.before_resume_{step}.json")))
             metrics_f = open(mpath, "a")
 
         def log_metrics(rec):
