@@ -212,3 +212,20 @@ def test_curriculum_off_trains_exactly_like_the_baseline(cur, shards, capsys, tm
     assert rc == 0, err
     curve = lambda d: [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in read_jsonl(d / "metrics.jsonl")]
     assert curve(tmp_path / "cur") == curve(tmp_path / "base")
+
+
+def test_compiled_run_makes_one_graph_per_length_all_before_training(cur, shards, capsys, tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+    real_compile = torch.compile
+    # the trainer's torch.compile with dynamo's cheapest backend: the graphs are dynamo's, whatever the backend
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager", **kw))
+    torch._dynamo.reset()
+    counters.clear()
+    rc, out, err = run(cur, capsys, *MICRO, *data_args(shards), "--num_iterations", 4, "--compile", "on",
+                       "--out_dir", tmp_path / "c")
+    assert rc == 0, err
+    lens = [r["seq_len"] for r in read_jsonl(tmp_path / "c" / "metrics.jsonl") if "train_loss" in r]
+    assert lens == [8, 16, 32, 32]
+    # 3 training lengths (compiled by the warm-up) + 1 validation graph: training itself added none
+    assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])
+    torch._dynamo.reset()
