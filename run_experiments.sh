@@ -23,10 +23,10 @@ HELPER="$ROOT/runner/runinfo.py"
 RECORD_ITERS=5100
 RECORD_WARMDOWN=1450
 # The demo's iteration counts, chosen by measurement on 2 CPU cores (docs/runner.md).
-DEMO_TINY_ITERS=${DEMO_TINY_ITERS:-200}
+DEMO_TINY_ITERS=${DEMO_TINY_ITERS:-150}
 DEMO_EMBNORM_ITERS=${DEMO_EMBNORM_ITERS:-300}
-# The tiny preset's own warm-down proportion (train_gpt.py: 40 of 200 iterations).
-TINY_WARMDOWN_RATIO="40/200"
+# The tiny preset's own warm-down proportion (train_gpt.py: 45 of 150 iterations).
+TINY_WARMDOWN_RATIO="45/150"
 tiny_warmdown() { echo $((($1 * ${TINY_WARMDOWN_RATIO%/*} + ${TINY_WARMDOWN_RATIO#*/} / 2) / ${TINY_WARMDOWN_RATIO#*/})); }
 POLL_S=0.5        # how often the progress monitor looks at the run's log (it starts faster)
 HEARTBEAT_S=60    # a progress line at least this often while a run prints no new val loss
@@ -103,15 +103,17 @@ tiny palm train_gpt_palm.py 1 - --preset tiny" ;;
             S_DESC="every script for a few steps on CPU (train_gpt.py also as 2 gloo processes); implies --force"
             S_KIND=cpu; S_SEEDS="1"
             S_HP="--num_iterations 4"
-            S_RUNS="smoke baseline train_gpt.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
-smoke baseline_2proc train_gpt.py 2 - --preset tiny --warmdown_iters 1 --val_loss_every 2 --device_batch_size 4
-smoke palm train_gpt_palm.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
-smoke lmd_moderate train_gpt_lmd.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2 --lmd moderate
-smoke depthwarm train_gpt_depthwarm.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
-smoke curriculum train_gpt_curriculum.py 1 - --preset tiny --warmdown_iters 1 --val_loss_every 2
-smoke embnorm_baseline train_mini_embnorm.py 1 - --variant baseline
-smoke embnorm_layernorm train_mini_embnorm.py 1 - --variant layernorm
-smoke embnorm_rmsnorm train_mini_embnorm.py 1 - --variant rmsnorm" ;;
+            # small validation sets: the point is that every code path runs, not the numbers
+            local g="--preset tiny --warmdown_iters 1 --val_loss_every 2 --val_tokens 8192" e="--val_seqs 32"
+            S_RUNS="smoke baseline train_gpt.py 1 - $g
+smoke baseline_2proc train_gpt.py 2 - $g --device_batch_size 8
+smoke palm train_gpt_palm.py 1 - $g
+smoke lmd_moderate train_gpt_lmd.py 1 - $g --lmd moderate
+smoke depthwarm train_gpt_depthwarm.py 1 - $g
+smoke curriculum train_gpt_curriculum.py 1 - $g
+smoke embnorm_baseline train_mini_embnorm.py 1 - $e --variant baseline
+smoke embnorm_layernorm train_mini_embnorm.py 1 - $e --variant layernorm
+smoke embnorm_rmsnorm train_mini_embnorm.py 1 - $e --variant rmsnorm" ;;
         *) return 1 ;;
     esac
 }
