@@ -62,10 +62,10 @@ def make_step(name, args):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.warmup):
         step()
-    return step, time.perf_counter() - t0
+    return step, (time.perf_counter() - t0, time.process_time() - c0)
 
 
 def run_study(args):
@@ -150,11 +150,11 @@ def main():
         peaks[t] = (measure_peak_flops(torch.bfloat16), measure_peak_flops(torch.float32))
         print(f"measured matmul peak, {t} thread(s): bf16 {peaks[t][0] / 1e9:.1f} GFLOP/s, "
               f"fp32 {peaks[t][1] / 1e9:.1f} GFLOP/s")
-    cases, warm = [], {}
+    cases, warm, warm_cpu = [], {}, {}
     for name in args.configs:
         for t in thread_counts:
             torch.set_num_threads(t)
-            step, warm[(name, t)] = make_step(name, args)
+            step, (warm[(name, t)], warm_cpu[(name, t)]) = make_step(name, args)
             cases.append((name, t, step))
     # Round-robin timing: a burst of load from another process hits every configuration alike.
     times = {(n, t): [] for n, t, _ in cases}
@@ -167,13 +167,14 @@ def main():
             times[(name, t)].append(time.perf_counter() - t0)
             cpu[(name, t)].append(time.process_time() - c0)
     print(f"{'config':14s} {'threads':>7s} {'warmup_s':>9s} {'ms/iter':>9s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
-          f"{'%bf16pk':>8s} {'%fp32pk':>8s} {'300-it s':>9s} {'cpu ms/it':>9s}")
+          f"{'%bf16pk':>8s} {'%fp32pk':>8s} {'300-it s':>9s} {'cpu ms/it':>9s} {'warm cpu s':>10s}")
     for name, t, _ in cases:
         med = statistics.median(times[(name, t)])
         rate = flops / med
         print(f"{name:14s} {t:7d} {warm[(name, t)]:9.2f} {1000 * med:9.1f} {tokens / med:9.0f} {rate / 1e9:8.1f} "
               f"{100 * rate / peaks[t][0]:7.1f}% {100 * rate / peaks[t][1]:7.1f}% "
-              f"{warm[(name, t)] + (300 - args.warmup) * med:9.1f} {1000 * statistics.median(cpu[(name, t)]):9.1f}")
+              f"{warm[(name, t)] + (300 - args.warmup) * med:9.1f} {1000 * statistics.median(cpu[(name, t)]):9.1f} "
+              f"{warm_cpu[(name, t)]:10.2f}")
     print("cpu ms/it: CPU time of this process per step; with 1 thread it is close to the step time on an "
           "idle machine even when other jobs share it")
 
