@@ -165,3 +165,11 @@ def test_faults_in_training_get_their_status(data_dir, tmp_path, capsys, monkeyp
     assert (got, s["status"]) == (code, status)
     assert s["error"] and "\n" not in s["error"] and s["steps_completed"] == 0
     assert s["metrics"]["num_params"] > 0 and "val_loss" not in s["metrics"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
+def test_cuda_without_a_gpu_is_a_clear_flag_error(data_dir, tmp_path, capsys):
+    code = mini.main([*TINY[:-4], "--device", "cuda", "--data_dir", data_dir, "--out_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--device cuda" in err and "--device cpu" in err
+    assert not (tmp_path / "o").exists()
