@@ -2,14 +2,15 @@
 measured matmul peak it reaches (model FLOPs per token x tokens/s / peak, both measured here).
 
     python bench/bench_train_gpt.py                      # float32 (the CPU default) and bf16 autocast
-    python bench/bench_train_gpt.py --threads 1 --steps 40
+    python bench/bench_train_gpt.py --threads 1 --steps 40 --rounds 5
     python bench/bench_train_gpt.py --compile            # adds torch.compile runs (slow to compile)
 
 Each configuration is a real `train_gpt.main()` run (loader, Muon, AdamW, logging) on synthetic shards
 of the tiny preset's shape; step times come from its metrics.jsonl (the first 10 steps are warm-up
-and not timed, as in the trainer), and the figure is the median step. The peak is measured in the
-same process just before each run, so background load hits both alike. Ratios between the runs of
-one invocation are the figures to trust on a shared machine.
+and not timed, as in the trainer), and the figure is the median step. Configurations run in
+interleaved rounds, each run preceded by a peak measurement in the same process, and medians over
+rounds are printed, so that a change of background load hits all alike. On a shared machine the
+ratios between the configurations of one invocation are the figures to trust.
 """
 import argparse
 import contextlib
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="timed steps per run (after 10 warm-up steps)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd runs")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,36 +75,45 @@ def main():
     configs = [("float32", "off"), ("bfloat16", "off")]
     if args.compile:
         configs += [("float32", "on"), ("bfloat16", "on")]
-    rows = []
+    # rounds interleave the configurations (and the peak measurements) so that a change of background
+    # load hits all of them; medians over rounds are reported
+    res = {c: dict(step_ms=[], bf16=[], fp32=[]) for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         write_shard(os.path.join(tmp, "b_train_000000.bin"), rng.integers(0, V, 2_000_000))
         write_shard(os.path.join(tmp, "b_val_000000.bin"), rng.integers(0, V, 100_000))
-        for dtype, comp in configs:
-            peak_bf16 = measure_peak_flops(torch.bfloat16)
-            peak_fp32 = measure_peak_flops(torch.float32)
-            out = os.path.join(tmp, f"run_{dtype}_{comp}")
-            argv = ["--preset", "tiny", "--device", "cpu", "--dtype", dtype, "--compile", comp,
-                    "--num_iterations", str(10 + args.steps), "--val_loss_every", "0", "--val_tokens", "4096",
-                    "--input_bin", os.path.join(tmp, "b_train_*.bin"), "--input_val_bin", os.path.join(tmp, "b_val_*.bin"),
-                    "--out_dir", out]
-            with contextlib.redirect_stdout(io.StringIO()):
-                rc = tg.main(argv)
-            if rc != 0:
-                raise SystemExit(f"benchmark run {dtype}/{comp} failed (exit {rc})")
-            with open(os.path.join(out, "metrics.jsonl")) as f:
-                recs = [json.loads(l) for l in f if "train_loss" in l]
-            t = [r["train_time_ms"] for r in recs if r["step"] >= 11]
-            step_ms = statistics.median(np.diff(t))
-            tok_s = preset["batch_size"] * T / (step_ms / 1000)
-            rows.append((dtype, comp, step_ms, tok_s, fpt * tok_s, peak_bf16, peak_fp32))
-    print(f"\n{'autocast':9s} {'compile':7s} {'step ms':>8s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
+        for r in range(args.rounds):
+            for dtype, comp in configs:
+                res[(dtype, comp)]["bf16"].append(measure_peak_flops(torch.bfloat16, repeats=5))
+                res[(dtype, comp)]["fp32"].append(measure_peak_flops(torch.float32, repeats=5))
+                out = os.path.join(tmp, f"run_{dtype}_{comp}_{r}")
+                argv = ["--preset", "tiny", "--device", "cpu", "--dtype", dtype, "--compile", comp,
+                        "--num_iterations", str(10 + args.steps), "--val_loss_every", "0", "--val_tokens", "4096",
+                        "--input_bin", os.path.join(tmp, "b_train_*.bin"),
+                        "--input_val_bin", os.path.join(tmp, "b_val_*.bin"), "--out_dir", out]
+                with contextlib.redirect_stdout(io.StringIO()):
+                    rc = tg.main(argv)
+                if rc != 0:
+                    raise SystemExit(f"benchmark run {dtype}/{comp} failed (exit {rc})")
+                with open(os.path.join(out, "metrics.jsonl")) as f:
+                    recs = [json.loads(l) for l in f if "train_loss" in l]
+                t = [rec["train_time_ms"] for rec in recs if rec["step"] >= 11]
+                res[(dtype, comp)]["step_ms"].append(statistics.median(np.diff(t)))
+                print(f"round {r + 1}/{args.rounds} {dtype}/{comp}: {res[(dtype, comp)]['step_ms'][-1]:.1f} ms/step",
+                      flush=True)
+    print(f"\nmedians over {args.rounds} rounds, {args.steps} timed steps each")
+    print(f"{'autocast':9s} {'compile':7s} {'step ms':>8s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
           f"{'bf16 peak':>10s} {'of bf16':>8s} {'fp32 peak':>10s} {'of fp32':>8s}")
-    for dtype, comp, step_ms, tok_s, fl, pb, pf in rows:
+    rows = []
+    for (dtype, comp), v in res.items():
+        step_ms = statistics.median(v["step_ms"])
+        tok_s = preset["batch_size"] * T / (step_ms / 1000)
+        fl, pb, pf = fpt * tok_s, statistics.median(v["bf16"]), statistics.median(v["fp32"])
+        rows.append((dtype, comp, tok_s))
         print(f"{dtype:9s} {comp:7s} {step_ms:8.1f} {tok_s:9.0f} {fl / 1e9:8.2f} {pb / 1e9:10.1f} {fl / pb:8.1%} "
               f"{pf / 1e9:10.1f} {fl / pf:8.1%}")
-    base = rows[0][3]
-    print("\ntokens/s relative to float32 eager: " + ", ".join(f"{r[0]}/{r[1]} {r[3] / base:.2f}x" for r in rows))
+    base = rows[0][2]
+    print("\ntokens/s relative to float32 eager: " + ", ".join(f"{d}/{c} {t / base:.2f}x" for d, c, t in rows))
 
 
 if __name__ == "__main__":
