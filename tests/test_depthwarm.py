@@ -224,3 +224,21 @@ def test_without_skips_it_trains_exactly_like_the_baseline(dw, shards, capsys, t
     capsys.readouterr()
     curve = lambda d: [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in read_jsonl(d / "metrics.jsonl")]
     assert curve(tmp_path / "dw") == curve(tmp_path / "base")  # bitwise: grad accumulation 2 included
+
+
+def test_resumed_run_draws_the_same_skips_and_ends_where_an_uninterrupted_run_ends(dw, shards, capsys, tmp_path):
+    import shutil
+    full = tmp_path / "full"
+    args = [*MICRO, *data_args(shards), "--num_iterations", 6, "--seed", 9]
+    assert dw.main([*map(str, args), "--save_every", "2", "--keep_checkpoints", "5", "--out_dir", str(full)]) == 0
+    cut = tmp_path / "cut"  # a run that died after its step-2 checkpoint (mid first third)
+    shutil.copytree(full, cut)
+    for f in os.listdir(cut / "checkpoints"):
+        if f != "step_000002.pt":
+            os.remove(cut / "checkpoints" / f)
+    os.remove(cut / "summary.json")
+    assert dw.main(["--resume", str(cut)]) == 0
+    capsys.readouterr()
+    curve = lambda d: [(r["step"], r.get("train_loss"), r.get("val_loss"), r.get("active_blocks"))
+                       for r in read_jsonl(d / "metrics.jsonl")]
+    assert curve(cut) == curve(full)
