@@ -157,6 +157,7 @@ def test_loader_ranks_split_each_batch_like_one_process(tg, tmp_path):
     toks = np.arange(5000) % 60000
     shard = tg.open_shard(write_shard(tmp_path / "a.bin", toks), "")
     shard2 = tg.open_shard(write_shard(tmp_path / "b.bin", toks + 7), "")
+    assert isinstance(shard, np.memmap) and len(shard) == 5000  # mapped, not read into memory
     one = tg.DataLoader([shard, shard2], 4, 10, 0, 1, start_pos=13)
     r0 = tg.DataLoader([shard, shard2], 2, 10, 0, 2, start_pos=13)
     r1 = tg.DataLoader([shard, shard2], 2, 10, 1, 2, start_pos=13)
