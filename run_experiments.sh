@@ -16,6 +16,10 @@
 # <logs>/<stage>/<variant>/seed_<S>/ (docs/RUN_FORMAT.md). Usage notes: docs/runner.md.
 set -uo pipefail
 
+# The whole script is one compound command: bash reads all of it before running any of it, so editing
+# or updating this file (git pull) while a long stage runs cannot change the running runner.
+{
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HELPER="$ROOT/runner/runinfo.py"
 
@@ -310,7 +314,7 @@ fi
 export PYTHONUNBUFFERED=1   # lines reach stdout.log as they are printed: the progress monitor reads them
 
 # ----------------------------------------------------------------------------- the plan
-P_STAGE=(); P_VARIANT=(); P_SCRIPT=(); P_NPROC=(); P_SEED=(); P_ARGS=(); P_ACTION=(); P_DIR=()
+P_STAGE=(); P_VARIANT=(); P_SCRIPT=(); P_NPROC=(); P_SEED=(); P_ARGS=(); P_ACTION=(); P_DIR=(); P_PREV=()
 
 has_flag() {  # has_flag --name ARGS... : is --name (or --name=...) among ARGS
     local f=$1; shift
@@ -374,7 +378,7 @@ plan_stage() {
             P_NPROC+=("$nproc"); P_SEED+=("$seed")
             P_ARGS+=("$(printf '%q ' "${args[@]}")")
             P_DIR+=("$LOGS_ABS/$stage_dir/$variant/seed_$seed")
-            P_ACTION+=("")
+            P_ACTION+=(""); P_PREV+=("")
         done
     done <<<"$S_RUNS"
 }
@@ -466,7 +470,6 @@ decide() {
     P_PREV[i]=$st
 }
 
-P_PREV=()
 for ((i = 0; i < N_PLANNED; i++)); do decide "$i"; done
 
 N_TODO=0
@@ -756,3 +759,4 @@ fi
 ((INTERRUPTED)) && exit 130
 ((N_BAD == 0)) || exit 1
 exit 0
+}

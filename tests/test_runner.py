@@ -282,6 +282,26 @@ def test_a_run_in_progress_is_left_alone(fake_repo, tmp_path):
     assert len(list((logs / ".superseded" / "embnorm" / "baseline").iterdir())) == 1
 
 
+def test_editing_the_script_during_a_stage_does_not_change_the_running_runner(fake_repo, tmp_path):
+    # A copy of the runner, overwritten with garbage while its first run is going (as a git pull might).
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.join(REPO, "runner"), copy / "runner")
+    shutil.copy(RUNNER, copy / "run_experiments.sh")
+    e = dict(os.environ, PYTHON=sys.executable, FAKE_RECORD=str(tmp_path / "starts.jsonl"), FAKE_STEP_S="0.05")
+    e.pop("CUDA_VISIBLE_DEVICES", None)
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen(["bash", str(copy / "run_experiments.sh"), "embnorm", "--seeds", "1,2", "--variants",
+                             "baseline", "--iterations", "20", "--scripts-dir", str(fake_repo), "--logs", str(logs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e)
+    deadline = time.time() + 60
+    while not starts(tmp_path) and time.time() < deadline:
+        time.sleep(0.05)
+    (copy / "run_experiments.sh").write_text("echo THE FILE CHANGED; exit 42\n" * 2000)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "THE FILE CHANGED" not in out, out
+    assert [summary(logs / "embnorm" / "baseline" / f"seed_{s}")["status"] for s in (1, 2)] == ["ok", "ok"]
+
+
 def fake_nvidia_smi(tmp_path, n):
     d = tmp_path / "gpu_bin"
     d.mkdir(exist_ok=True)
