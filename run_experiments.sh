@@ -27,8 +27,8 @@ HELPER="$ROOT/runner/runinfo.py"
 RECORD_ITERS=5100
 RECORD_WARMDOWN=1450
 # The demo's iteration counts, chosen by measurement on 2 CPU cores (docs/runner.md).
-DEMO_TINY_ITERS=${DEMO_TINY_ITERS:-150}
-DEMO_EMBNORM_ITERS=${DEMO_EMBNORM_ITERS:-300}
+DEMO_TINY_ITERS=${DEMO_TINY_ITERS:-60}
+DEMO_EMBNORM_ITERS=${DEMO_EMBNORM_ITERS:-100}
 # The tiny preset's own warm-down proportion (train_gpt.py: 45 of 150 iterations).
 TINY_WARMDOWN_RATIO="45/150"
 tiny_warmdown() { echo $((($1 * ${TINY_WARMDOWN_RATIO%/*} + ${TINY_WARMDOWN_RATIO#*/} / 2) / ${TINY_WARMDOWN_RATIO#*/})); }
@@ -385,6 +385,7 @@ plan_stage() {
 
 case $STAGE in
     demo)
+        note "demo: tiny baseline vs palm at ${ITERS:-$DEMO_TINY_ITERS} iterations (the preset's own: 150) and the embnorm study at ${ITERS:-$DEMO_EMBNORM_ITERS} (its design: 300), sized for about 10 minutes on 2 CPU cores (docs/runner.md)"
         define_stage tiny
         if [[ ! -f $SCRIPTS_DIR/train_gpt_palm.py ]]; then
             note "note: train_gpt_palm.py is not here yet; the demo runs the tiny baseline alone"
