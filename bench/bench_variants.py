@@ -3,10 +3,14 @@ preset (CPU), a few seeds each.
 
     python bench/bench_variants.py                       # seeds 1 2 3, the tiny preset's 150 steps, 1 thread
     python bench/bench_variants.py --seeds 1 --num_iterations 30 --out /tmp/bv   # a quick look
+    python bench/bench_variants.py --step_timing         # step time of each model, alternated in one process
 
 Every run is a fresh process (`python train_gpt*.py --preset tiny --seed S --out_dir OUT/<config>/seed_S`),
 in the order seed 1 of every config, then seed 2 of every config, ..., so that a change of load on a
-shared machine touches all configs alike. A run whose summary.json already says "ok" is not run again:
+shared machine touches all configs alike (it cannot undo a trend: on a machine whose load falls during
+the benchmark, later configs of each round look faster). --step_timing measures throughput fairly:
+one training step (tiny preset shapes: two micro-batches forward/backward, AdamW + Muon) of each config,
+alternated in one process, median over repeats, ratios to the baseline from the same process. A run whose summary.json already says "ok" is not run again:
 an interrupted benchmark continues where it stopped. tokens/s is the trainer's own figure (timed steps
 after the 10 warm-up steps, validation excluded). The table gives mean and sample sd over seeds for the
 loss, the median for tokens/s, and each config's tokens/s median over the baseline's.
@@ -41,6 +45,61 @@ def read_summary(d):
         return None
 
 
+def step_timing(repeats, threads):
+    """Median time of one tiny-preset training step per config, configs alternated in one process."""
+    import importlib.util
+    torch.set_num_threads(threads)
+
+    def load(script):
+        spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(REPO, script))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    mods = {s: load(s) for s in ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py")}
+    t = mods["train_gpt.py"].PRESETS["tiny"]
+    V, L, H, C, T, B = t["vocab_size"], t["n_layer"], t["n_head"], t["n_embd"], t["sequence_length"], t["device_batch_size"]
+    accum = t["batch_size"] // B
+    setups = []
+    for name, script, extra in CONFIGS:
+        mod = mods[script]
+        torch.manual_seed(0)
+        model = mod.GPT(V, L, H, C)
+        adam = torch.optim.AdamW([model.lm_head.weight], lr=t["learning_rate"], betas=(0.9, 0.95), weight_decay=0)
+        if script == "train_gpt_lmd.py":  # the groups the script builds: one per block, its own momentum
+            first, last = mod.LMD_PRESETS[extra[1]]
+            momenta = mod.block_momenta(first, last, L)
+            groups = [dict(params=list(b.parameters()), momentum=m) for b, m in zip(model.blocks, momenta)]
+        else:
+            groups = [dict(params=list(model.blocks.parameters()), momentum=0.95)]
+        muon = mod.Muon(groups, lr=0.1 * t["learning_rate"])
+        setups.append((name, model, [adam, muon]))
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, V, (B, T + 1), generator=g) for _ in range(accum)]
+
+    def one_step(model, opts):
+        for xy in batches:
+            model(xy[:, :-1].contiguous(), xy[:, 1:].contiguous()).backward()
+        for o in opts:
+            o.step()
+        model.zero_grad(set_to_none=True)
+    times = {name: [] for name, _, _ in setups}
+    for r in range(repeats + 2):  # the first two rounds warm up allocators and caches
+        for name, model, opts in setups:
+            t0 = time.perf_counter()
+            one_step(model, opts)
+            if r >= 2:
+                times[name].append(time.perf_counter() - t0)
+    tokens = t["batch_size"] * T
+    base = statistics.median(times["baseline"])
+    print(f"# one training step of the tiny preset ({tokens} tokens), {threads} thread(s), median of {repeats}, "
+          f"configs alternated; load average {os.getloadavg()[0]:.1f}")
+    print("| config | step ms median | tokens/s | step time vs baseline |\n|---|---|---|---|")
+    for name, _, _ in setups:
+        m = statistics.median(times[name])
+        print(f"| {name} | {1000 * m:.1f} | {tokens / m:,.0f} | {m / base:.3f} |")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -49,7 +108,11 @@ def main():
     p.add_argument("--only", nargs="+", help="config names to run (default: all)")
     p.add_argument("--threads", type=int, default=1,
                    help="OMP_NUM_THREADS of each run (1: on a shared machine two OpenMP threads wait on each other)")
+    p.add_argument("--step_timing", action="store_true", help="time one training step per config instead")
+    p.add_argument("--repeats", type=int, default=30, help="--step_timing: steps timed per config")
     a = p.parse_args()
+    if a.step_timing:
+        return step_timing(a.repeats, a.threads)
     configs = [c for c in CONFIGS if not a.only or c[0] in a.only]
     if not os.path.exists(os.path.join(REPO, "data", "shakespeare_char")):
         print("error: no data/shakespeare_char; run `python data/prepare_shakespeare.py` first", file=sys.stderr)
