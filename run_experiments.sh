@@ -7,6 +7,8 @@
 #   ./run_experiments.sh stage_c --gpus 4        # 4 GPUs: gradient accumulation keeps the global batch
 #   # several nodes: the same command on every node (a shared --logs directory), node 0 first
 #   NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=node0:29500 ./run_experiments.sh stage_c
+#   ./run_experiments.sh sweep train_gpt.py --param learning_rate --values 0.02 0.01 0.04 --preset tiny
+#                                                # one hyperparameter sweep (docs/sweeps.md)
 #   ./run_experiments.sh --help                  # the stages and their settings
 #
 # Why a shell script: CUDA_VISIBLE_DEVICES must be fixed before any Python process starts, and no
@@ -118,10 +120,22 @@ smoke curriculum train_gpt_curriculum.py 1 - $g
 smoke embnorm_baseline train_mini_embnorm.py 1 - $e --variant baseline
 smoke embnorm_layernorm train_mini_embnorm.py 1 - $e --variant layernorm
 smoke embnorm_rmsnorm train_mini_embnorm.py 1 - $e --variant rmsnorm" ;;
+        sweep)
+            # One hyperparameter of one script (the arguments SCRIPT --param --values): each value is a
+            # variant <param>=<value> of the stage sweep_<param>, which analyze.py reads as a sweep.
+            S_DESC="one hyperparameter sweep: ./run_experiments.sh sweep SCRIPT --param NAME --values V1 V2 ... (below)"
+            S_KIND=any; S_SEEDS="42"; S_WARMDOWN_RATIO=""
+            if [[ $SWEEP_SCRIPT == train_gpt* ]]; then
+                if [[ -n $PRESET ]]; then S_WARMDOWN_RATIO=$TINY_WARMDOWN_RATIO; else S_WARMDOWN_RATIO="$RECORD_WARMDOWN/$RECORD_ITERS"; fi
+            fi
+            local v
+            for v in "${SWEEP_VALUES[@]}"; do
+                S_RUNS+="sweep_$SWEEP_PARAM $SWEEP_PARAM=$v $SWEEP_SCRIPT - - --$SWEEP_PARAM $v"$'\n'
+            done ;;
         *) return 1 ;;
     esac
 }
-STAGES="stage_a stage_b stage_c lmd embnorm tiny demo smoke"
+STAGES="stage_a stage_b stage_c lmd embnorm tiny demo smoke sweep"
 
 usage() {
     cat <<EOF
@@ -138,10 +152,19 @@ EOF
     for st in $STAGES; do
         define_stage "$st"
         printf '  %-8s %s\n' "$st" "$S_DESC"
-        [[ $S_KIND == meta ]] && continue
+        [[ $S_KIND == meta || $st == sweep ]] && continue
         printf '  %-8s   seeds: %s; flags: %s\n' "" "$S_SEEDS" "${S_HP:-(script defaults)}"
     done
     cat <<EOF
+
+Sweeps:
+  ./run_experiments.sh sweep SCRIPT --param NAME --values V1 V2 ... [--seeds LIST] [options] [-- flags]
+  runs SCRIPT once per value and seed with --NAME VALUE into <logs>/sweep_NAME/NAME=VALUE/seed_<S>/
+  (default seed 42; --preset, --iterations and the options below apply as to any stage). A run that
+  diverges (NaN: status diverged) or crashes (oom, failed, timeout) is recorded so and the sweep goes
+  on; the final table shows every value's state. The first value is the sweep's baseline for
+  analyze.py's comparisons (<logs>/sweep_NAME/sweep.json); list the script's default first.
+  e.g. ./run_experiments.sh sweep train_gpt.py --preset tiny --iterations 40 --param learning_rate --values 0.02 0.005 0.08 1e30
 
 Options:
   --logs DIR            where runs go (default: experiment_logs; smoke: logs/smoke)
@@ -182,6 +205,7 @@ SAVE_EVERY=""; FORCE=0; RESUME=0; DRY=0; TIMEOUT=0; VERBOSE=0; LAUNCHER=auto; JO
 NNODES=${NNODES:-1}; NODE_RANK=${NODE_RANK:-0}; RDZV_ENDPOINT=${RDZV_ENDPOINT:-}
 RDZV_BACKEND=${RDZV_BACKEND:-c10d}; PYTHON=${PYTHON:-}; SCRIPTS_DIR="$ROOT"
 EXTRA=()
+SWEEP_SCRIPT=""; SWEEP_PARAM=""; SWEEP_VALUES=()
 RUNNER_ARGV=$(printf '%q ' "$0" "$@")
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
@@ -214,15 +238,44 @@ while (($#)); do
         --launcher) need_value "$@"; LAUNCHER=$2; shift 2 ;;
         --python) need_value "$@"; PYTHON=$2; shift 2 ;;
         --scripts-dir) need_value "$@"; SCRIPTS_DIR=$2; shift 2 ;;
+        --param) need_value "$@"; SWEEP_PARAM=$2; shift 2 ;;
+        --values)  # every word up to the next option (commas also separate)
+            shift
+            while (($#)) && [[ $1 != --* ]]; do
+                IFS=, read -r -a _vals <<<"$1"; SWEEP_VALUES+=("${_vals[@]}"); shift
+            done
+            ((${#SWEEP_VALUES[@]})) || die "--values needs at least one value, e.g. --values 0.01 0.02 0.04" ;;
         --) shift; EXTRA=("$@"); break ;;
         -*) die "unknown option '$1' (see --help; trainer flags go after --)" ;;
         *)
+            if [[ $STAGE == sweep && -z $SWEEP_SCRIPT ]]; then SWEEP_SCRIPT=$1; shift; continue; fi
             [[ -z $STAGE ]] || die "one stage at a time: got '$STAGE' and '$1' (see --help)"
             STAGE=$1; shift ;;
     esac
 done
 
 [[ -n $STAGE ]] || { usage >&2; die "name a stage: ${STAGES// /, }"; }
+if [[ $STAGE == sweep ]]; then
+    [[ -n $SWEEP_SCRIPT ]] || die "sweep: name the script, e.g. ./run_experiments.sh sweep train_gpt.py --param learning_rate --values 0.01 0.02"
+    [[ $SWEEP_SCRIPT =~ ^[A-Za-z0-9_.-]+\.py$ ]] || die "sweep: '$SWEEP_SCRIPT' should be a trainer script in the scripts directory, e.g. train_gpt.py"
+    [[ -n $SWEEP_PARAM ]] || die "sweep: --param NAME is missing (the script's flag without dashes, e.g. --param learning_rate)"
+    SWEEP_PARAM=${SWEEP_PARAM#--}
+    [[ $SWEEP_PARAM =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--param: '$SWEEP_PARAM' is not a flag name (letters, digits, _; e.g. learning_rate)"
+    case $SWEEP_PARAM in seed|out_dir|device|resume|save_every|compile)
+        die "--param: '$SWEEP_PARAM' is set by the runner itself; sweep a hyperparameter (seeds: --seeds)" ;; esac
+    ((${#SWEEP_VALUES[@]})) || die "sweep: --values V1 V2 ... is missing"
+    _seen=" "
+    for v in "${SWEEP_VALUES[@]}"; do
+        [[ $v =~ ^[A-Za-z0-9_.+-]+$ && $v != -* ]] || die "--values: '$v' is not a plain value (letters, digits, . _ + -; not starting with -)"
+        [[ $_seen == *" $v "* ]] && die "--values: '$v' is given twice"
+        _seen+="$v "
+    done
+    for a in "${EXTRA[@]}"; do
+        [[ $a == "--$SWEEP_PARAM" || $a == "--$SWEEP_PARAM="* ]] && die "--$SWEEP_PARAM after -- would override the sweep's values; drop it"
+    done
+elif [[ -n $SWEEP_SCRIPT$SWEEP_PARAM || ${#SWEEP_VALUES[@]} -gt 0 ]]; then
+    die "--param/--values belong to the sweep stage: ./run_experiments.sh sweep SCRIPT --param NAME --values ..."
+fi
 define_stage "$STAGE" || die "unknown stage '$STAGE'; stages: ${STAGES// /, } (see --help)"
 for s in $SEEDS; do is_int "$s" || die "--seeds: '$s' is not a non-negative integer (e.g. --seeds 42,43,44)"; done
 [[ -z $NPROC ]] || { is_int "$NPROC" && ((NPROC >= 1)); } || die "--gpus/--nproc: '$NPROC' is not a positive integer"
@@ -239,6 +292,7 @@ for s in $SEEDS; do is_int "$s" || die "--seeds: '$s' is not a non-negative inte
 [[ $LAUNCHER == auto || $LAUNCHER == torchrun || $LAUNCHER == python ]] || die "--launcher: '$LAUNCHER' must be auto, torchrun or python"
 [[ -d $SCRIPTS_DIR ]] || die "--scripts-dir: '$SCRIPTS_DIR' is not a directory"
 SCRIPTS_DIR=$(cd "$SCRIPTS_DIR" && pwd)
+[[ $STAGE != sweep || -f $SCRIPTS_DIR/$SWEEP_SCRIPT ]] || die "sweep: $SCRIPTS_DIR/$SWEEP_SCRIPT does not exist (--scripts-dir?)"
 ((FORCE && RESUME)) && die "--force starts runs over and --resume continues them: pick one"
 
 [[ $STAGE == smoke ]] && FORCE=1
@@ -709,6 +763,28 @@ run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a backgroun
     row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" "${P_ACTION[i]}" "$status" "$vloss" "${wall:-$el}" "$err"
 }
 
+# <logs>/sweep_<param>/sweep.json: what analyze.py compares against (the first value); an earlier one
+# is kept as sweep.<utc>.json, and a sweep of another script into the same directory is refused.
+write_sweep_json() {
+    local dir=$LOGS_ABS/sweep_$SWEEP_PARAM f v vals="" old
+    f=$dir/sweep.json
+    mkdir -p "$dir" || return 1
+    if [[ -f $f ]]; then
+        old=$(grep -o '"script": "[^"]*"' "$f")
+        if [[ -n $old && $old != "\"script\": \"$SWEEP_SCRIPT\"" ]]; then
+            note "sweep: $f is a sweep of another script (${old#*: }); use another --logs directory"; return 2
+        fi
+        mv "$f" "$dir/sweep.$(utc_stamp).json" || return 1
+    fi
+    for v in "${SWEEP_VALUES[@]}"; do vals+="${vals:+, }\"$v\""; done
+    printf '{"param": "%s", "script": "%s", "values": [%s], "baseline": "%s=%s", "written": "%s"}\n' \
+        "$SWEEP_PARAM" "$SWEEP_SCRIPT" "$vals" "$SWEEP_PARAM" "${SWEEP_VALUES[0]}" "$(date -u +%FT%TZ)" >"$f"
+}
+if [[ $STAGE == sweep ]] && ((NODE_RANK == 0)); then
+    write_sweep_json; _rc=$?
+    ((_rc == 2)) && exit 2
+    ((_rc == 0)) || note "warning: could not write $LOGS_ABS/sweep_$SWEEP_PARAM/sweep.json"
+fi
 if ((N_TODO > 0 && NODE_RANK == 0)); then write_experiments; fi
 if ((JOBS > 1)); then note "   $JOBS runs at a time, OMP_NUM_THREADS=$OMP_NUM_THREADS each"; fi
 
