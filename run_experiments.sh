@@ -664,10 +664,10 @@ move_aside() {  # move_aside i : the previous attempt goes to <logs>/.superseded
     note "   previous attempt (${P_PREV[i]}) moved to ${dest#"$LOGS_ABS"/}"
 }
 
-row() { local IFS=$'\t'; printf '%s\n' "$*" >>"$STATE/rows.tsv"; }
+row() { local IFS=$'\t'; printf '%s\t%s\n' "$ROW_INDEX" "$*" >>"$STATE/rows.tsv"; }  # ROW_INDEX: plan order
 
 run_one() {  # run_one i k : run plan entry i as run k of N_TODO (in a background subshell)
-    local i=$1 k=$2 dir label log t0 rc el line last_val="" last_print step total val eta_s child what step0="" since0=0
+    local i=$1 k=$2 ROW_INDEX=$1 dir label log t0 rc el line last_val="" last_print step total val eta_s child what step0="" since0=0
     dir=${P_DIR[i]}
     label="[$k/$N_TODO] ${P_STAGE[i]}/${P_VARIANT[i]} seed ${P_SEED[i]}"
     if ((NODE_RANK == 0)); then
@@ -791,6 +791,7 @@ if ((JOBS > 1)); then note "   $JOBS runs at a time, OMP_NUM_THREADS=$OMP_NUM_TH
 running() { jobs -pr | wc -l; }
 k=0
 for ((i = 0; i < N_PLANNED; i++)); do
+    ROW_INDEX=$i
     if [[ ${P_ACTION[i]} == skip ]]; then
         IFS=$'\x1f' read -r status vloss wall err <<<"$("$PYTHON" "$HELPER" describe "${P_DIR[i]}")"
         row "${P_STAGE[i]}/${P_VARIANT[i]}" "${P_SEED[i]}" skipped "$status" "$vloss" "$wall" "$err"
@@ -816,8 +817,10 @@ while (($(running) > 0)); do wait 2>/dev/null; done
 
 note ""
 note "== $STAGE: finished in $(fmt_dur $(($(now) - STAGE_T0))); logs: $LOGS_ABS"
-"$PYTHON" "$HELPER" table "$STATE/rows.tsv"
-N_BAD=$(awk -F'\t' '$4 != "ok"' "$STATE/rows.tsv" | wc -l)
+# the table in plan order (runs side by side finish in any order)
+sort -t $'\t' -k1,1n -s "$STATE/rows.tsv" | cut -f2- >"$STATE/table.tsv"
+"$PYTHON" "$HELPER" table "$STATE/table.tsv"
+N_BAD=$(awk -F'\t' '$4 != "ok"' "$STATE/table.tsv" | wc -l)
 
 if [[ $STAGE == demo ]] && ((!INTERRUPTED && NODE_RANK == 0)); then
     note ""
