@@ -381,10 +381,30 @@ def eval_repr(s):
         return s
 
 
+def sweep_baseline(conds, names):
+    """The baseline a runner sweep names in <stage>/sweep.json (its first value), if it is a condition."""
+    import json
+    import os
+    for c in conds:
+        if c.source != "rundir" or not c.path:
+            continue
+        try:
+            with open(os.path.join(os.path.dirname(os.path.abspath(c.path)), "sweep.json")) as f:
+                b = json.load(f).get("baseline")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return b if b in names else None
+    return None
+
+
 def analyse_stage(stage, conds, settings):
     names = [c.name for c in conds]
     baseline = settings["baseline"] if settings["baseline"] in names else None
     notes = []
+    if baseline is None and (swb := sweep_baseline(conds, names)) is not None:
+        baseline = swb
+        notes.append(f"stage {stage}: no condition named {settings['baseline']!r}; the sweep's first value "
+                     f"{swb!r} (sweep.json) is the baseline of its comparisons")
     for c in conds:
         notes.extend(c.notes)
         for r in c.runs:
