@@ -439,7 +439,8 @@ plan_stage() {
 
 case $STAGE in
     demo)
-        note "demo: tiny baseline vs palm at ${ITERS:-$DEMO_TINY_ITERS} iterations (the preset's own: 150) and the embnorm study at ${ITERS:-$DEMO_EMBNORM_ITERS} (its design: 300), sized for about 10 minutes on 2 CPU cores (docs/runner.md)"
+        why=", sized for about 10 minutes on 2 CPU cores (docs/runner.md)"; [[ -n $ITERS ]] && why=" (--iterations)"
+        note "demo: tiny baseline vs palm at ${ITERS:-$DEMO_TINY_ITERS} iterations (the preset's own: 150) and the embnorm study at ${ITERS:-$DEMO_EMBNORM_ITERS} (its design: 300)$why"
         define_stage tiny
         if [[ ! -f $SCRIPTS_DIR/train_gpt_palm.py ]]; then
             note "note: train_gpt_palm.py is not here yet; the demo runs the tiny baseline alone"
