@@ -182,7 +182,7 @@ Options:
   --dry-run             print the plan and every command; run and write nothing
   --timeout SECONDS     stop a run after this long (status timeout); 0 = no limit (default)
   --verbose             also stream every run's output (it always goes to stdout.log)
-  --jobs N              CPU only: N runs side by side, each with cores/N threads (default 1)
+  --jobs N              CPU only: N runs side by side, each with cores/N threads (default 1; demo: 2)
   --nnodes N            nodes (env NNODES; default 1)
   --node-rank R         this node's rank (env NODE_RANK; default 0; node 0 writes the JSON files)
   --rdzv-endpoint H:P   rendezvous endpoint (env RDZV_ENDPOINT; needed when --nnodes > 1)
@@ -201,7 +201,7 @@ EOF
 
 # ----------------------------------------------------------------------------- arguments
 STAGE=""; LOGS=""; SEEDS=""; VARIANTS=""; NPROC=""; ITERS=""; PRESET=""; DEVICE=auto; COMPILE=auto
-SAVE_EVERY=""; FORCE=0; RESUME=0; DRY=0; TIMEOUT=0; VERBOSE=0; LAUNCHER=auto; JOBS=1
+SAVE_EVERY=""; FORCE=0; RESUME=0; DRY=0; TIMEOUT=0; VERBOSE=0; LAUNCHER=auto; JOBS=""
 NNODES=${NNODES:-1}; NODE_RANK=${NODE_RANK:-0}; RDZV_ENDPOINT=${RDZV_ENDPOINT:-}
 RDZV_BACKEND=${RDZV_BACKEND:-c10d}; PYTHON=${PYTHON:-}; SCRIPTS_DIR="$ROOT"
 EXTRA=()
@@ -281,7 +281,7 @@ for s in $SEEDS; do is_int "$s" || die "--seeds: '$s' is not a non-negative inte
 [[ -z $NPROC ]] || { is_int "$NPROC" && ((NPROC >= 1)); } || die "--gpus/--nproc: '$NPROC' is not a positive integer"
 [[ -z $ITERS ]] || { is_int "$ITERS" && ((ITERS >= 1)); } || die "--iterations: '$ITERS' is not a positive integer"
 [[ -z $SAVE_EVERY ]] || is_int "$SAVE_EVERY" || die "--save-every: '$SAVE_EVERY' is not a non-negative integer"
-{ is_int "$JOBS" && ((JOBS >= 1)); } || die "--jobs: '$JOBS' is not a positive integer"
+[[ -z $JOBS ]] || { is_int "$JOBS" && ((JOBS >= 1)); } || die "--jobs: '$JOBS' is not a positive integer"
 [[ $TIMEOUT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--timeout: '$TIMEOUT' is not a number of seconds"
 { is_int "$NNODES" && ((NNODES >= 1)); } || die "--nnodes/NNODES: '$NNODES' is not a positive integer"
 { is_int "$NODE_RANK" && ((NODE_RANK < NNODES)); } || die "--node-rank/NODE_RANK: '$NODE_RANK' must be an integer below --nnodes ($NNODES)"
@@ -356,6 +356,12 @@ else
     CUDA_VISIBLE_DEVICES=""
 fi
 export CUDA_VISIBLE_DEVICES
+if [[ -z $JOBS ]]; then
+    # The demo's small CPU models: two 1-thread runs side by side match one 2-thread run on an idle
+    # machine and degrade far more gracefully on a busy one (docs/embnorm.md, docs/runner.md).
+    JOBS=1
+    [[ $STAGE == demo && $DEVICE == cpu ]] && (($(nproc) >= 2)) && JOBS=2
+fi
 if ((JOBS > 1)); then
     [[ $DEVICE == cpu ]] || die "--jobs runs CPU runs side by side; GPU runs take their GPUs one run after another"
     ((NNODES == 1)) || die "--jobs and --nnodes do not mix: every node must run the same run at the same time"
@@ -543,6 +549,7 @@ cmd_string() {  # the exact command of run i, as a shell line
 
 note "== $STAGE: $N_PLANNED run(s), $N_TODO to run; logs: $LOGS_ABS"
 note "   device: $DEVICE; CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES'; nodes: $NNODES (this is node $NODE_RANK)${PLAN_NOTE:+; $PLAN_NOTE}"
+((JOBS > 1)) && note "   $JOBS runs at a time, OMP_NUM_THREADS=$OMP_NUM_THREADS each"
 if ((DRY)); then
     for ((i = 0; i < N_PLANNED; i++)); do
         rel=${P_DIR[i]#"$LOGS_ABS"/}
@@ -787,7 +794,6 @@ if [[ $STAGE == sweep ]] && ((NODE_RANK == 0)); then
     ((_rc == 0)) || note "warning: could not write $LOGS_ABS/sweep_$SWEEP_PARAM/sweep.json"
 fi
 if ((N_TODO > 0 && NODE_RANK == 0)); then write_experiments; fi
-if ((JOBS > 1)); then note "   $JOBS runs at a time, OMP_NUM_THREADS=$OMP_NUM_THREADS each"; fi
 
 running() { jobs -pr | wc -l; }
 k=0

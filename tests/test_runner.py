@@ -338,7 +338,7 @@ def test_demo_with_fakes_ends_with_the_report(fake_repo, tmp_path):
         "a = p.parse_args()\nopen(a.out, 'w').write('# report\\n' + '\\n'.join(sorted(os.listdir(a.logs))))\n")
     logs = tmp_path / "logs"
     p = run(["demo", "--scripts-dir", str(fake_repo), "--logs", str(logs)], tmp_path, check_rc=0,
-            env={"DEMO_TINY_ITERS": "5", "DEMO_EMBNORM_ITERS": "5", "FAKE_STEP_S": "0"})
+            env={"DEMO_TINY_ITERS": "5", "DEMO_EMBNORM_ITERS": "5", "FAKE_STEP_S": "0", "OMP_NUM_THREADS": ""})
     report = (logs / "report.md").read_text().splitlines()
     assert report[0] == "# report" and "tiny" in report  # analyze.py ran after the runs, on --logs
     assert any(line.startswith("embnorm") for line in report)
@@ -346,6 +346,8 @@ def test_demo_with_fakes_ends_with_the_report(fake_repo, tmp_path):
     seen = starts(tmp_path)
     assert len(seen) == 6 + 15  # tiny: 2 variants x 3 seeds; embnorm: 3 variants x 5 seeds
     assert all(r["argv"][r["argv"].index("--device") + 1] == "cpu" for r in seen)
+    # two runs side by side by default, sharing the cores
+    assert {r["OMP_NUM_THREADS"] for r in seen} == {str(max(1, os.cpu_count() // 2))}
     assert f"== the report: {logs}/report.md" in p.stdout
 
 
