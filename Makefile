@@ -21,7 +21,7 @@ smoke: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run_experiments.sh smoke --logs /tmp/nanogpt-smoke
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -rs -p no:cacheprovider tests
 
 clean-env:
 	rm -rf $(VENV)
