@@ -393,7 +393,8 @@ selected_variant() {
 # Every run of one stage definition into the plan (define_stage must have been called).
 plan_stage() {
     local stage_dir variant script nproc seeds rest line
-    local -a hp stage_hp extra_hp vargs args
+    local -a hp stage_hp extra_hp vargs args Q_KEY=() Q_STAGE=() Q_VARIANT=() Q_SCRIPT=() Q_NPROC=() Q_SEED=() Q_ARGS=()
+    local vpos=0
     read -r -a stage_hp <<<"$S_HP"
     extra_hp=()
     if [[ -n $ITERS ]]; then
@@ -432,15 +433,26 @@ plan_stage() {
             [[ -n $SAVE_EVERY ]] && args+=(--save_every "$SAVE_EVERY")
         fi
         args+=(--device "$DEVICE" "${EXTRA[@]}")
-        local seed
+        local seed pos=0
         for seed in $seeds; do
-            P_STAGE+=("$stage_dir"); P_VARIANT+=("$variant"); P_SCRIPT+=("$script")
-            P_NPROC+=("$nproc"); P_SEED+=("$seed")
-            P_ARGS+=("$(printf '%q ' "${args[@]}")")
-            P_DIR+=("$LOGS_ABS/$stage_dir/$variant/seed_$seed")
-            P_ACTION+=(""); P_PREV+=("")
+            # sort key: the seed's position, then the variant's: runs go seed by seed
+            Q_KEY+=("$(printf '%06d %06d' "$pos" "$vpos")")
+            Q_STAGE+=("$stage_dir"); Q_VARIANT+=("$variant"); Q_SCRIPT+=("$script")
+            Q_NPROC+=("$nproc"); Q_SEED+=("$seed"); Q_ARGS+=("$(printf '%q ' "${args[@]}")")
+            ((pos++))
         done
+        ((vpos++))
     done <<<"$S_RUNS"
+    # Seed by seed (baseline 42, palm 42, baseline 43, ...), not variant by variant: a drift of the
+    # machine's speed during the stage (other jobs, heat, a noisy neighbour) then falls on every
+    # variant alike instead of on whichever ran last, which would bias the time metrics.
+    local q
+    while read -r _ _ q; do
+        P_STAGE+=("${Q_STAGE[q]}"); P_VARIANT+=("${Q_VARIANT[q]}"); P_SCRIPT+=("${Q_SCRIPT[q]}")
+        P_NPROC+=("${Q_NPROC[q]}"); P_SEED+=("${Q_SEED[q]}"); P_ARGS+=("${Q_ARGS[q]}")
+        P_DIR+=("$LOGS_ABS/${Q_STAGE[q]}/${Q_VARIANT[q]}/seed_${Q_SEED[q]}")
+        P_ACTION+=(""); P_PREV+=("")
+    done < <(for q in "${!Q_KEY[@]}"; do printf '%s %s\n' "${Q_KEY[q]}" "$q"; done | sort)
 }
 
 case $STAGE in
@@ -601,6 +613,7 @@ write_experiments() {
         "$PYTHON" "$HELPER" experiment "$LOGS_ABS/$key" --stage "${P_STAGE[i]}" --variant "${P_VARIANT[i]}" \
             --script "${P_SCRIPT[i]}" --seeds "${seeds[*]}" --nproc "${P_NPROC[i]}" --nnodes "$NNODES" \
             --device "$DEVICE" --cuda-visible-devices "$CUDA_VISIBLE_DEVICES" --repo "$SCRIPTS_DIR" \
+            --jobs "$JOBS" --omp-num-threads "${OMP_NUM_THREADS:-}" \
             --runner-argv "$RUNNER_ARGV" "${cmds[@]}" -- "${targs[@]}" ||
             note "warning: could not write $LOGS_ABS/$key/experiment.json"
     done

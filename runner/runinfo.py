@@ -247,6 +247,8 @@ def cmd_experiment(a):
         "nproc_per_node": a.nproc,
         "nnodes": a.nnodes,
         "device": a.device,
+        "jobs": a.jobs,  # runs side by side (CPU): their time metrics shared the machine
+        "OMP_NUM_THREADS": a.omp_num_threads or None,
         "overrides": parse_overrides(a.overrides),
         "command": commands[min(commands, key=int)] if commands else None,
         "commands": commands,
@@ -316,10 +318,12 @@ def main(argv=None):
     s.set_defaults(fn=cmd_finish)
     s = sub.add_parser("experiment")
     s.add_argument("variant_dir")
-    for k in ("stage", "variant", "script", "seeds", "device", "cuda-visible-devices", "repo", "runner-argv"):
+    for k in ("stage", "variant", "script", "seeds", "device", "cuda-visible-devices", "repo", "runner-argv",
+              "omp-num-threads"):
         s.add_argument(f"--{k}", default="")
     s.add_argument("--nproc", type=int, default=1)
     s.add_argument("--nnodes", type=int, default=1)
+    s.add_argument("--jobs", type=int, default=1)
     s.add_argument("--command", action="append", default=[], help="SEED=COMMAND, once per seed")
     s.set_defaults(fn=cmd_experiment, overrides=[])
     s = sub.add_parser("table")
