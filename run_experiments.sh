@@ -195,7 +195,8 @@ Options:
 Everything after -- is passed to every trainer (and recorded in experiment.json as an override).
 
 Environment: CUDA_VISIBLE_DEVICES, when set, is kept; otherwise it is set to the first N GPUs (empty on
-CPU) before any Python starts. Exit codes: 0 all runs ok, 1 some run not ok, 2 bad usage, 130 interrupted.
+CPU) before any Python starts. DEMO_TINY_ITERS / DEMO_EMBNORM_ITERS set the demo's counts ($DEMO_TINY_ITERS / $DEMO_EMBNORM_ITERS).
+Runs go seed by seed across the variants. More: docs/runner.md. Exit codes: 0 all runs ok, 1 some run not ok, 2 bad usage, 130 interrupted.
 EOF
 }
 
