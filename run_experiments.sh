@@ -307,15 +307,11 @@ else
     LOGS_ABS=$(cd "$LOGS" && pwd)
 fi
 
-# The interpreter: never imported torch here; find_spec only looks for the package.
+# The interpreter (checked for torch below, once CUDA_VISIBLE_DEVICES is fixed).
 if [[ -z $PYTHON ]]; then
     if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
 fi
 command -v "$PYTHON" >/dev/null 2>&1 || die "python interpreter '$PYTHON' not found (set --python or PYTHON, or run 'make env')"
-if ((!DRY)); then
-    "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' ||
-        die "'$PYTHON' has no torch; run 'make env' and use .venv/bin/python (--python or PYTHON)"
-fi
 
 # ----------------------------------------------------------------------------- GPUs, before any Python runs a trainer
 SMI_GPUS=0
@@ -373,6 +369,11 @@ if ((JOBS > 1)); then
     fi
 fi
 export PYTHONUNBUFFERED=1   # lines reach stdout.log as they are printed: the progress monitor reads them
+# The first Python this script starts, after the environment is fixed; find_spec does not import torch.
+if ((!DRY)); then
+    "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' ||
+        die "'$PYTHON' has no torch; run 'make env' and use .venv/bin/python (--python or PYTHON)"
+fi
 
 # ----------------------------------------------------------------------------- the plan
 P_STAGE=(); P_VARIANT=(); P_SCRIPT=(); P_NPROC=(); P_SEED=(); P_ARGS=(); P_ACTION=(); P_DIR=(); P_PREV=()

@@ -318,10 +318,17 @@ def fake_nvidia_smi(tmp_path, n):
 def test_gpus_cuda_visible_devices_is_set_by_the_shell(fake_repo, tmp_path):
     logs = tmp_path / "logs"
     path = fake_nvidia_smi(tmp_path, 2)
+    # every Python the runner starts (helper included) notes the CUDA_VISIBLE_DEVICES it was born with
+    seen_env = tmp_path / "python_env.txt"
+    wrapper = tmp_path / "py"
+    wrapper.write_text(f'#!/bin/sh\necho "${{CUDA_VISIBLE_DEVICES-unset}}" >> {seen_env}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
     run(["stage_a", "--seeds", "5", "--variants", "baseline", "--scripts-dir", str(fake_repo), "--logs", str(logs)],
-        tmp_path, env={"PATH": path, "FAKE_STEP_S": "0"}, check_rc=0)
+        tmp_path, env={"PATH": path, "FAKE_STEP_S": "0", "PYTHON": str(wrapper)}, check_rc=0)
     (r,) = starts(tmp_path)
     assert r["CUDA_VISIBLE_DEVICES"] == "0"  # stage_a is 1 GPU: only the first one is visible
+    pythons = seen_env.read_text().split()
+    assert len(pythons) >= 4 and set(pythons) == {"0"}  # torch check, experiment.json, the run, its summary
     argv = r["argv"]
     assert argv[argv.index("--device") + 1] == "cuda" and "--compile" in argv
     assert argv[argv.index("--num_iterations") + 1] == "1000" and argv[argv.index("--batch_size") + 1] == "128"
