@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train_mini_embnorm.py does; set before torch
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -141,7 +142,7 @@ def main():
     thread_counts = args.threads or [torch.get_num_threads()]
     flops = flops_per_iter(args.batch, args.seq_len, args.layers, args.dim, args.vocab)
     tokens = args.batch * args.seq_len
-    print(f"torch {torch.__version__}; shape B={args.batch} T={args.seq_len} L={args.layers} d={args.dim} "
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; torch {torch.__version__}; shape B={args.batch} T={args.seq_len} L={args.layers} d={args.dim} "
           f"V={args.vocab}; load average at start {os.getloadavg()[0]:.2f} (other jobs share the machine)")
     print(f"FLOPs per iteration: {flops / 1e9:.2f} GFLOP = 3*B*T*(2*(12*L*d^2 + d*V) + 4*L*T*d)")
     peaks = {}
