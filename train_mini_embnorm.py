@@ -11,7 +11,8 @@ embeddings before block 1:
 
 Data (once): python data/prepare_shakespeare.py
 
-CPU (this script's home; one run is about half a minute on 2 cores):
+CPU (this script's home; one run is ~95 CPU-seconds: about 50 s on 2 idle cores, or run two
+seeds side by side with --threads 1):
     python train_mini_embnorm.py --variant rmsnorm --seed 1 --out_dir logs/embnorm/rmsnorm/seed_1
 1 GPU:
     python train_mini_embnorm.py --variant rmsnorm --seed 1 --device cuda
