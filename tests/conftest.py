@@ -1,4 +1,6 @@
 """Shared fixtures: small token shards in the project's shard format (docs/DATA.md), written to tmp_path."""
+import importlib.util
+import json
 import os
 
 import numpy as np
@@ -51,3 +53,40 @@ def make_shards(tmp_path):
         write_shard(d / f"{name}_val_000000.bin", learnable_tokens(val_tokens, vocab, seed=99))
         return str(d / f"{name}_train_*.bin"), str(d / f"{name}_val_*.bin")
     return make
+
+
+# ----------------------------------------------------------------------------- helpers the trainer tests share
+
+# a model of a few thousand parameters: every training step in the tests takes well under a second
+MICRO = ["--vocab_size", "64", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--sequence_length", "32",
+         "--batch_size", "8", "--device_batch_size", "8", "--val_tokens", "1024", "--val_loss_every", "0",
+         "--learning_rate", "0.02", "--warmdown_iters", "2"]
+
+
+def load_script(path, module_name):
+    """Import a one-file training script under its own module name (each test module gets a fresh copy)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_main(mod, capsys, *argv):
+    """Call a trainer's main() in-process; returns (exit code, stdout, stderr)."""
+    rc = mod.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def data_args(shards):
+    return ["--input_bin", shards[0], "--input_val_bin", shards[1]]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def load_summary(d):
+    with open(os.path.join(d, "summary.json")) as f:
+        return json.load(f)

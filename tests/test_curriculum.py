@@ -2,7 +2,6 @@
 tokens, shorter rows, targets shifted, nothing dropped or repeated), the fixed and plateau schedules against
 hand values, the dry run at stage_a's settings, validation at full length, resume of a plateau run, and
 equality with train_gpt.py when the curriculum is off. Models are tiny."""
-import importlib.util
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, write_shard
+from conftest import REPO, data_args, load_script, read_jsonl, run_main, write_shard
 
 SCRIPT = os.path.join(REPO, "train_gpt_curriculum.py")
 BASELINE = os.path.join(REPO, "train_gpt.py")
@@ -20,18 +19,11 @@ MICRO = ["--vocab_size", "64", "--n_layer", "2", "--n_head", "2", "--n_embd", "3
          "--learning_rate", "0.02", "--warmdown_iters", "2"]
 
 
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def cur():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: a second thread only waits on a busy machine
-    yield load(SCRIPT, "train_gpt_curriculum_under_test")
+    yield load_script(SCRIPT, "train_gpt_curriculum_under_test")
     torch.set_num_threads(threads)
 
 
@@ -40,23 +32,11 @@ def shards(make_shards):
     return make_shards("synth", n_train=2, train_tokens=20_000, val_tokens=4_000, vocab=64)
 
 
-def data_args(shards):
-    return ["--input_bin", shards[0], "--input_val_bin", shards[1]]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
 def hp(mod, argv=()):
     return mod.parse_args(list(argv))[0]
 
 
-def run(mod, capsys, *argv):
-    rc = mod.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_main  # (module, capsys, *argv) -> (exit code, stdout, stderr)
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -204,7 +184,7 @@ def test_plateau_run_resumes_where_it_stopped(cur, shards, capsys, tmp_path):
 
 
 def test_curriculum_off_trains_exactly_like_the_baseline(cur, shards, capsys, tmp_path):
-    base = load(BASELINE, "train_gpt_baseline_for_curriculum")
+    base = load_script(BASELINE, "train_gpt_baseline_for_curriculum")
     common = [*MICRO, *data_args(shards), "--num_iterations", 3, "--seed", 5, "--val_loss_every", 3]
     rc, out, err = run(base, capsys, *common, "--out_dir", tmp_path / "base")
     assert rc == 0, err

@@ -2,13 +2,10 @@
 only, skipped blocks that do no work and get no update, the hand-made gradient average, ranks in lockstep
 under two gloo processes, per-block compilation without recompiles, and equality with train_gpt.py when
 nothing is skipped. Models are tiny."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import tempfile
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import REPO
+from conftest import REPO, data_args, load_script, read_jsonl
 
 SCRIPT = os.path.join(REPO, "train_gpt_depthwarm.py")
 BASELINE = os.path.join(REPO, "train_gpt.py")
@@ -26,33 +23,17 @@ MICRO = ["--vocab_size", "64", "--n_layer", "4", "--n_head", "2", "--n_embd", "3
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def dw():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: a second thread only waits on a busy machine
-    yield load(SCRIPT, "train_gpt_depthwarm_under_test")
+    yield load_script(SCRIPT, "train_gpt_depthwarm_under_test")
     torch.set_num_threads(threads)
 
 
 @pytest.fixture
 def shards(make_shards):
     return make_shards("synth", n_train=2, train_tokens=20_000, val_tokens=4_000, vocab=64)
-
-
-def data_args(shards):
-    return ["--input_bin", shards[0], "--input_val_bin", shards[1]]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def hp(dw, **kw):
@@ -172,7 +153,7 @@ def _sync_worker(rank, init_file, out_file):
     m = torch.nn.ModuleList([torch.nn.Linear(3, 2, bias=False), torch.nn.Linear(2, 2, bias=False)])
     m[0].weight.grad = torch.full((2, 3), float(rank + 1))  # rank 0: 1s, rank 1: 2s
     # m[1] has no gradient on either rank (a skipped block)
-    dw = load(SCRIPT, "dw_worker")
+    dw = load_script(SCRIPT, "dw_worker")
     dw.sync_gradients(m, grad_accum=2, world_size=2, bucket_numel=4)  # a bucket limit below one tensor's size
     if rank == 1:
         torch.save(dict(g0=m[0].weight.grad, g1=m[1].weight.grad), out_file)
@@ -215,7 +196,7 @@ def test_two_gloo_ranks_skip_the_same_blocks_and_stay_in_lockstep(dw, shards, tm
 
 
 def test_without_skips_it_trains_exactly_like_the_baseline(dw, shards, capsys, tmp_path):
-    base = load(BASELINE, "train_gpt_baseline_for_depthwarm")
+    base = load_script(BASELINE, "train_gpt_baseline_for_depthwarm")
     common = [*MICRO, *data_args(shards), "--num_iterations", 4, "--seed", 5, "--device_batch_size", 4,
               "--val_loss_every", 2]
     assert base.main([*map(str, common), "--out_dir", str(tmp_path / "base")]) == 0

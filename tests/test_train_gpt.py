@@ -1,7 +1,5 @@
 """Behaviour of train_gpt.py: the maths (Muon, schedule, model), the data loader, the command line,
 the run directory, determinism, distributed equivalence, faults and resume. Models here are tiny."""
-import importlib.util
-import json
 import math
 import os
 import re
@@ -15,14 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, learnable_tokens, write_shard
+from conftest import (MICRO, REPO, data_args, learnable_tokens, load_script, load_summary, read_jsonl, run_main,
+                      write_shard)
 
 SCRIPT = os.path.join(REPO, "train_gpt.py")
-
-# a model of a few thousand parameters: every run below takes well under a second per step
-MICRO = ["--vocab_size", "64", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--sequence_length", "32",
-         "--batch_size", "8", "--device_batch_size", "8", "--val_tokens", "1024", "--val_loss_every", "0",
-         "--learning_rate", "0.02", "--warmdown_iters", "2"]
 
 TRAIN_RE = re.compile(r"^step:(\d+)/(\d+) train_loss:(\d+\.\d{4}) train_time:(\d+)ms step_avg:(nan|\d+\.\d{2})ms$")
 VAL_RE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\d+\.\d{4}) train_time:(\d+)ms step_avg:(nan|\d+\.\d{2})ms$")
@@ -30,9 +24,7 @@ VAL_RE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\d+\.\d{4}) train_time:(\d+)ms
 
 @pytest.fixture(scope="module")
 def tg():
-    spec = importlib.util.spec_from_file_location("train_gpt_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(SCRIPT, "train_gpt_under_test")
     # these models are far too small to gain from a second thread, and on a busy machine two OpenMP
     # threads wait on each other (measured: 30x slower steps under load)
     threads = torch.get_num_threads()
@@ -49,24 +41,7 @@ def shards(make_shards):
     return make_shards("synth", n_train=2, train_tokens=20_000, val_tokens=4_000, vocab=64)
 
 
-def run(tg, capsys, *argv):
-    rc = tg.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def data_args(shards):
-    return ["--input_bin", shards[0], "--input_val_bin", shards[1]]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def load_summary(d):
-    with open(os.path.join(d, "summary.json")) as f:
-        return json.load(f)
+run = run_main  # (module, capsys, *argv) -> (exit code, stdout, stderr)
 
 
 # ----------------------------------------------------------------------------- maths

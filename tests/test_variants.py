@@ -1,8 +1,6 @@
 """The train_gpt_*.py variants: the diff guard (every variant differs from train_gpt.py only inside
 marked regions and its docstring), its re-sync, the PaLM-parallel block, and layer-wise Muon momentum.
 Models here are tiny; the trainings are a few steps."""
-import importlib.util
-import json
 import math
 import os
 import shutil
@@ -12,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import MICRO, REPO, data_args, load_script, load_summary, read_jsonl, run_main
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import variant_guard as vg  # noqa: E402
@@ -21,17 +19,8 @@ BASE = os.path.join(REPO, "train_gpt.py")
 VARIANTS = vg.discover(BASE)
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-# a model of a few thousand parameters (the same shape as tests/test_train_gpt.py uses)
-MICRO = ["--vocab_size", "64", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--sequence_length", "32",
-         "--batch_size", "8", "--device_batch_size", "8", "--val_tokens", "1024", "--val_loss_every", "0",
-         "--learning_rate", "0.02", "--warmdown_iters", "2"]
-
-
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", os.path.join(REPO, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(os.path.join(REPO, f"{name}.py"), f"{name}_under_test")
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +36,7 @@ def shards(make_shards):
     return make_shards("synth", n_train=2, train_tokens=20_000, val_tokens=8_192, vocab=64)
 
 
-def run(mod, capsys, *argv):
-    rc = mod.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def data_args(shards):
-    return ["--input_bin", shards[0], "--input_val_bin", shards[1]]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def load_summary(d):
-    with open(os.path.join(d, "summary.json")) as f:
-        return json.load(f)
+run = run_main  # (module, capsys, *argv) -> (exit code, stdout, stderr)
 
 
 # ----------------------------------------------------------------------------- the guard on the real files
