@@ -358,7 +358,7 @@ class ConfigError(Exception):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Baseline NanoGPT speedrun trainer (2024-10-14 record recipe).",
+        description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="presets: " + "; ".join(f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items()) for k, d in PRESETS.items()))
     for f in dataclasses.fields(Hyperparameters):
@@ -906,7 +906,7 @@ def main(argv=None):
                      nodes=world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
                      gpu_name=torch.cuda.get_device_name(device) if device_type == "cuda" else None,
                      cpu_threads=torch.get_num_threads(), git_commit=commit, git_dirty=dirty,
-                     hostname=socket.gethostname(), argv=sys.argv if argv is None else ["train_gpt.py", *argv]))
+                     hostname=socket.gethostname(), argv=sys.argv if argv is None else [script_name, *argv]))
         try:
             atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
         except OSError as e:

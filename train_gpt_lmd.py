@@ -31,7 +31,7 @@ How to run
 Outputs go to --out_dir (or a fresh logs/<id>/ next to this script): metrics.jsonl while training,
 summary.json at the end, a copy of this file, checkpoints/ with --save_every. Format: docs/RUN_FORMAT.md.
 Exit code 0 only when the run finished with status "ok".
-Synced with train_gpt.py git blob 631ddd27a6ca4d7cf469f4252581d7c3e61f648f.
+Synced with train_gpt.py git blob 49d03eab75975fb7c14db0372c6bb7aef0b88f51.
 """
 import argparse
 import dataclasses
@@ -388,7 +388,7 @@ class ConfigError(Exception):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Baseline NanoGPT speedrun trainer (2024-10-14 record recipe).",
+        description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="presets: " + "; ".join(f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items()) for k, d in PRESETS.items()))
     for f in dataclasses.fields(Hyperparameters):
@@ -962,7 +962,7 @@ def main(argv=None):
                      nodes=world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
                      gpu_name=torch.cuda.get_device_name(device) if device_type == "cuda" else None,
                      cpu_threads=torch.get_num_threads(), git_commit=commit, git_dirty=dirty,
-                     hostname=socket.gethostname(), argv=sys.argv if argv is None else ["train_gpt.py", *argv]))
+                     hostname=socket.gethostname(), argv=sys.argv if argv is None else [script_name, *argv]))
         # --- variant: lmd ---
         summary["config"]["muon_momentum_per_block"] = block_momenta(a.momentum_first, a.momentum_last, a.n_layer)
         # --- end variant ---

@@ -3,6 +3,7 @@ marked regions and its docstring), its re-sync, the PaLM-parallel block, and lay
 Models here are tiny; the trainings are a few steps."""
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -196,6 +197,13 @@ def test_sync_three_way_merges_base_changes_and_stops_at_conflicts(tmp_path):
     # an unresolved .merge file is never overwritten
     with pytest.raises(vg.GuardError, match="exists"):
         vg.sync(base, var, old_base=old, out=msgs.append)
+    # resolved by hand (the region's side kept) and moved over: it records the new base, so check passes
+    resolved = re.sub(r"<<<<<<< [^\n]*\n(.*?)=======\n.*?>>>>>>> [^\n]*\n", r"\1", conflict, flags=re.S)
+    assert "<<<<<<<" not in resolved and resolved != conflict
+    write(tmp_path, "train_gpt_demo.py", resolved)
+    os.remove(var + ".merge")
+    assert vg.check(base, var) == []
+    assert vg.sync(base, var, out=msgs.append) == 0 and "already synced" in msgs[-1]
 
 
 def test_sync_transplant_takes_code_outside_regions_from_the_base(tmp_path):

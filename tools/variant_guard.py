@@ -19,7 +19,7 @@ replaces, is noticed: the variant must be re-synced.
 old base is the train_gpt.py blob recorded in the variant (looked up in git; or --old-base FILE), the
 variant's docstring is kept as it is. Where train_gpt.py changed lines that a region also changed, the
 merge stops with conflict markers written to <variant>.merge (the variant itself is not touched):
-resolve them there, then move it over the variant and run `sync` again. `sync --transplant` needs no
+resolve them there, then move it over the variant and run `check` (the .merge file records the new base). `sync --transplant` needs no
 old base: code outside the regions is taken from train_gpt.py and the regions are kept - a change of
 train_gpt.py inside replaced code is then NOT merged, so prefer the three-way merge.
 Exit status: 0 all good, 1 drift/conflict found, 2 bad input.
@@ -385,9 +385,11 @@ def sync(base_path, variant_path, old_base=None, transplant=False, out=print, ba
                              f"`git show REV:train_gpt.py`), or use --transplant")
         merged, conflicts = three_way(var_text, old_text, base_text, variant_path)
         if conflicts:
-            keep_merge(merged)
+            # the .merge file already records the new base, so that once resolved it is synced
+            # (text substitution: a file with conflict markers does not parse)
+            keep_merge(SYNC_RE.sub(f"Synced with train_gpt.py git blob {now}.", merged, count=1))
             out(f"{name}: {conflicts} conflict(s): train_gpt.py changed lines that a region also changes. "
-                f"Resolve the <<<<<<< markers in {merge_path}, move it over {name}, then run sync again")
+                f"Resolve the <<<<<<< markers in {merge_path}, move it over {name}, then run check")
             return 1
         how = "three-way merged the changes of train_gpt.py"
     merged = set_sync_record(merged, variant_path, now)
