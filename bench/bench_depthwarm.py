@@ -20,7 +20,6 @@ of the masks drawn in the timed rounds; the last line gives it for the record's 
 optimiser, whose Newton-Schulz work for skipped blocks is saved as well.
 """
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -32,14 +31,11 @@ import torch.distributed as dist
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from peak import measure_peak_flops  # noqa: E402
+from peak import load_script, measure_peak_flops  # noqa: E402
 
 
 def load_trainer():
-    spec = importlib.util.spec_from_file_location("train_gpt_depthwarm", os.path.join(REPO, "train_gpt_depthwarm.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_gpt_depthwarm.py")
 
 
 def forward_flops_per_token(L, d, V, T):

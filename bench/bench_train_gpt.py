@@ -14,7 +14,6 @@ ratios between the configurations of one invocation are the figures to trust.
 """
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -28,14 +27,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from peak import measure_peak_flops  # noqa: E402
+from peak import load_script, measure_peak_flops  # noqa: E402
 
 
 def load_trainer():
-    spec = importlib.util.spec_from_file_location("train_gpt", os.path.join(REPO, "train_gpt.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_gpt.py")
 
 
 def flops_per_token(n_layer, n_embd, vocab_size, seq_len):

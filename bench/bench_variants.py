@@ -47,15 +47,9 @@ def read_summary(d):
 
 def step_timing(repeats, threads):
     """Median time of one tiny-preset training step per config, configs alternated in one process."""
-    import importlib.util
+    from peak import load_script
     torch.set_num_threads(threads)
-
-    def load(script):
-        spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(REPO, script))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    mods = {s: load(s) for s in ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py")}
+    mods = {s: load_script(s) for s in ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py")}
     t = mods["train_gpt.py"].PRESETS["tiny"]
     V, L, H, C, T, B = t["vocab_size"], t["n_layer"], t["n_head"], t["n_embd"], t["sequence_length"], t["device_batch_size"]
     accum = t["batch_size"] // B

@@ -1,14 +1,27 @@
-"""Measured bf16 / fp32 matmul throughput of this machine, the denominator of every MFU figure in bench/.
+"""Measured bf16 / fp32 matmul throughput of this machine, the denominator of every MFU figure in bench/
+(and `load_script`, how the benchmarks import a training script).
 
 Benchmarks call `measure_peak_flops()` in the same process as the thing they time, so the fraction
 they print compares like with like (same threads, same load from other processes).
 
     python bench/peak.py            # prints the peak for bf16 and fp32
 """
+import importlib.util
+import os
 import statistics
 import time
 
 import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(filename):
+    """Import one of the repo's one-file training scripts (e.g. "train_gpt.py") as a module."""
+    spec = importlib.util.spec_from_file_location(filename[:-3], os.path.join(REPO, filename))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def measure_peak_flops(dtype=torch.bfloat16, n=2048, repeats=7, device="cpu"):
