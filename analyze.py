@@ -127,7 +127,8 @@ def make_figures(res, curves, figdir, outdir):
         if val_c or train_c:
             v = {k: (g, m) for k, (g, m, _, _) in val_c.items()}
             t = {k: (g, m) for k, (g, m, _, _) in train_c.items()}
-            out["curves"].append((s["name"], rel(figures.training_curves(os.path.join(figdir, f"{slug}_training_curves.png"), t, v, labels, res["settings"]["target"]))))
+            out["curves"].append((s["name"], rel(figures.training_curves(os.path.join(figdir, f"{slug}_training_curves.png"), t, v, labels,
+                                                                    s["dynamics"]["target"] if s["dynamics"]["target_applies"] else None))))
             if v:
                 out["comparison"].append((s["name"], rel(figures.loss_comparison(os.path.join(figdir, f"{slug}_loss_comparison.png"), v, labels))))
         if s["dynamics"]["gaps"]:
