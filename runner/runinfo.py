@@ -137,7 +137,8 @@ def describe(run_dir):
     if s is None:
         return state, "", "", ""
     m = s.get("metrics") if isinstance(s.get("metrics"), dict) else {}
-    val = m.get("val_loss")
+    # only a finished run has a result; a diverged or failed run's last finite val loss would read as one
+    val = m.get("val_loss") if s["status"] == "ok" else None
     wall = m.get("wall_time_s")
     err = s.get("error") or ""
     return (s["status"], f"{val:.4f}" if isinstance(val, (int, float)) else "",

@@ -111,6 +111,9 @@ def test_lr_sweep_records_divergence_goes_on_and_reports(tmp_path, shards):
         # a 64-token vocabulary: uniform guessing is ln 64; six steps of training do better
         assert math.isfinite(s["metrics"]["val_loss"]) and s["metrics"]["val_loss"] < math.log(64)
     assert re.search(r"learning_rate=1e30\s+1\s+run\s+diverged", out), out
+    # the final table gives no val loss for the diverged run (its last finite one was step 0's)
+    row = next(line for line in out.splitlines() if re.match(r"\S*learning_rate=1e30\s", line))
+    assert not re.search(r"diverged\s+\d+\.\d{4}\s", row), row
     sweep = json.loads((stage / "sweep.json").read_text())
     assert sweep["baseline"] == "learning_rate=0.0036" and sweep["values"] == VALUES
 
