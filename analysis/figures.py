@@ -59,14 +59,7 @@ def distributions(path, metrics, data, labels):
             v = np.sort(vals[i])
             ax.scatter(i + _offsets(len(v)), v, s=14, color=color(i), alpha=0.8, zorder=3)
             ax.scatter([i], [np.mean(v)], marker="D", s=40, color="white", edgecolor="black", zorder=4)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=20, fontsize=8)
-        ax.set_title(m, fontsize=10)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_metric_grid(fig, axes, metrics, labels, path)
 
 
 def violins(path, metrics, data, labels):
@@ -84,6 +77,12 @@ def violins(path, metrics, data, labels):
         for i, v in enumerate(vals):
             if len(v):
                 ax.scatter(i + _offsets(len(v), 0.08), np.sort(v), s=10, color=color(i), zorder=3)
+    return _finish_metric_grid(fig, axes, metrics, labels, path)
+
+
+def _finish_metric_grid(fig, axes, metrics, labels, path):
+    """Label one panel per metric with the condition names, blank the unused panels, save."""
+    for ax, m in zip(axes.flat, metrics):
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, fontsize=8)
         ax.set_title(m, fontsize=10)
