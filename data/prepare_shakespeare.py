@@ -33,7 +33,6 @@ says so and exits 0; one that would change them stops and names the file.
 """
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
@@ -81,13 +80,18 @@ def shard_bytes(tokens):
     return header.tobytes() + tokens.astype("<u2").tobytes()
 
 
-def read_shard(path):
-    """Tokens of a shard file as a uint16 array; PrepError naming the file if it is not a valid shard."""
+def _read_bytes(path, what):
+    """The file's bytes; PrepError naming the file and what it was meant to be when it cannot be read."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError as e:
-        raise PrepError(f"{path}: cannot read shard ({e.strerror})") from None
+        raise PrepError(f"{path}: cannot read {what} ({e.strerror})") from None
+
+
+def read_shard(path):
+    """Tokens of a shard file as a uint16 array; PrepError naming the file if it is not a valid shard."""
+    raw = _read_bytes(path, "shard")
     if len(raw) < HEADER_INTS * 4:
         raise PrepError(f"{path}: too short for a shard header ({len(raw)} bytes)")
     header = np.frombuffer(raw[: HEADER_INTS * 4], dtype="<i4")
@@ -212,11 +216,7 @@ def works_from_sdist(path):
 
 
 def work_from_text(path):
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise PrepError(f"{path}: cannot read --text file ({e.strerror})") from None
+    raw = _read_bytes(path, "--text file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
