@@ -30,15 +30,63 @@ from datetime import datetime, timezone
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from analysis import compute, figures, loading  # noqa: E402
+from analysis import compute, loading  # noqa: E402
+from analysis import cost as cost_mod  # noqa: E402
 from analysis import report as rep  # noqa: E402
+from analysis import rules  # noqa: E402
 from analysis import stats as st  # noqa: E402
+from analysis.text import printable  # noqa: E402
+
+PATH_OPTIONS = ("--logs", "--out", "--template")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that refuses a bad flag with one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        print(f"analyze.py: {message} (see python analyze.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive(name):
+    def conv(x):
+        try:
+            v = float(x)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{x!r} is not a number")
+        if not math.isfinite(v) or v < 0:
+            raise argparse.ArgumentTypeError(f"{x!r}: give a finite number >= 0")
+        return v
+    conv.__name__ = name
+    return conv
+
+
+def _record(x):
+    """--previous-record MEAN,N,STEPS (STEPS may be left out)."""
+    parts = [p.strip() for p in x.split(",")]
+    try:
+        mean, n = float(parts[0]), int(parts[1])
+        steps = float(parts[2]) if len(parts) > 2 and parts[2] else None
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{x!r}: expected MEAN,N,STEPS, e.g. 3.2785,16,3225")
+    if n < 1 or not math.isfinite(mean):
+        raise argparse.ArgumentTypeError(f"{x!r}: N must be >= 1 and MEAN finite")
+    return (mean, n, steps)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Outputs go next to --out: the report, <stem>_figures/, results.json and summary.csv "
-                                       "(prefixed with <stem>_ unless the stem is 'report').")
+    for i, a in enumerate(argv):
+        # `--logs --dry-run`, `--out=-x`: an option where a path belongs is a mistake, not a file name
+        name, eq, val = a.partition("=")
+        if name in PATH_OPTIONS:
+            val = val if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            if val is not None and val.startswith("-"):
+                print(f"analyze.py: {name} {val}: expected a path, got something that looks like an option "
+                      f"(write {name} ./{val} if that is really its name)", file=sys.stderr)
+                sys.exit(2)
+    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Outputs go next to --out: the report, <stem>_figures/, results.json and summary.csv "
+                       "(prefixed with <stem>_ unless the stem is 'report').")
     p.add_argument("--logs", default="experiment_logs", help="directory of run directories and/or speedrun log folders (default: experiment_logs)")
     p.add_argument("--out", default="report.md", help="report path (default: report.md)")
     p.add_argument("--stage", action="append", default=None, help="analyse only this stage (repeatable or comma-separated)")
@@ -52,6 +100,23 @@ def parse_args(argv):
     p.add_argument("--figures", dest="figures", action="store_true", default=True, help="write figures (default)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip figures")
     p.add_argument("--template", default=os.path.join(HERE, "report_template.md"), help="report template (default: report_template.md next to analyze.py)")
+    g = p.add_argument_group("acceptance rules, equivalence and cost (docs/analyze.md)")
+    g.add_argument("--val-loss-margin", type=_positive("margin"), default=0.001,
+                   help="default equivalence (TOST) margin for val_loss, absolute; 0 turns it off (default: 0.001)")
+    g.add_argument("--systems-only", action="store_true", help="the change touches systems performance only: the main-track p < 0.01 rule is waived")
+    g.add_argument("--main-alpha", type=_positive("alpha"), default=0.01, help="main track: one-sided t-test level (default: 0.01)")
+    g.add_argument("--opt-threshold", type=_positive("threshold"), default=0.004,
+                   help="optimisation track: (target - mean) * sqrt(n) must reach this (default: 0.004)")
+    g.add_argument("--opt-sigma", type=_positive("sigma"), default=0.0013, help="optimisation track: the fixed sigma of its z-test (default: 0.0013)")
+    g.add_argument("--step-credit", type=_positive("credit"), default=0.0045, help="pairwise rule: val loss credited per 100 steps saved (default: 0.0045)")
+    g.add_argument("--pairwise-threshold", type=_positive("threshold"), default=0.004, help="pairwise rule: threshold (default: 0.004)")
+    g.add_argument("--previous-record", type=_record, default=None, metavar="MEAN,N,STEPS",
+                   help="a previous record to test every condition against with the pairwise rule, e.g. 3.2785,16,3225")
+    g.add_argument("--margin", type=_positive("margin"), default=0.001,
+                   help="margin test: the variant's val loss must be below the baseline's by this much at p < --margin-alpha (default: 0.001)")
+    g.add_argument("--margin-alpha", type=_positive("alpha"), default=0.01, help="margin test level, one-sided Welch (default: 0.01)")
+    g.add_argument("--usd-per-gpu-hour", type=_positive("rate"), default=None,
+                   help="dollar rate for GPU-hours (default: $USD_PER_GPU_HOUR, else experiment.json's usd_per_gpu_hour)")
     args = p.parse_args(argv)
     if args.resamples < 100:
         p.error(f"--resamples {args.resamples}: use at least 100 (10000 is the default)")
@@ -61,15 +126,23 @@ def parse_args(argv):
         args.equivalence_map = compute.parse_equivalence(args.equivalence)
     except ValueError as e:
         p.error(str(e))
+    args.margin_default = "val_loss" not in args.equivalence_map and args.val_loss_margin > 0
+    if args.margin_default:
+        args.equivalence_map["val_loss"] = (args.val_loss_margin, False)
     args.metric_list = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     args.stage_list = [s.strip() for v in args.stage for s in v.split(",") if s.strip()] if args.stage else None
     return args
 
 
 def _clean(obj):
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to None, tuples to lists."""
+    """JSON-safe copy: records to dicts, numpy scalars to Python, non-finite floats to None, tuples to
+    lists, names that are not valid UTF-8 with their bytes escaped."""
+    if isinstance(obj, st.Record):
+        obj = obj.to_json()
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {printable(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
