@@ -30,6 +30,11 @@ from datetime import datetime, timezone
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+if __name__ == "__main__" and sys.argv[1:2] == ["decide"]:
+    # the sequential decision (docs/sequential.md): dispatched before the report's heavy imports
+    from analysis import decide as _decide
+    sys.exit(_decide.main(sys.argv[2:]))
+
 from analysis import compute, loading  # noqa: E402
 from analysis import cost as cost_mod  # noqa: E402
 from analysis import report as rep  # noqa: E402
