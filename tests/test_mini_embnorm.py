@@ -1,4 +1,5 @@
 """train_mini_embnorm.py: variants, norms, metrics by hand, run-dir outputs, reproducibility, faults."""
+import errno
 import json
 import math
 import os
@@ -86,14 +87,18 @@ def run(data_dir, out_dir, *extra):
                           capture_output=True, text=True, timeout=120)
 
 
-def run_here(data_dir, out_dir, capsys, *extra):
-    """The same run in this process (saves starting Python and torch again); returns (code, stdout)."""
+def run_here_err(data_dir, out_dir, capsys, *extra):
+    """The same run in this process (saves starting Python and torch again); returns (code, stdout, stderr)."""
     threads = torch.get_num_threads()
     try:
         code = mini.main([*TINY, "--data_dir", data_dir, "--out_dir", str(out_dir), *extra])
     finally:
         torch.set_num_threads(threads)
-    return code, capsys.readouterr().out
+    return (code, *capsys.readouterr())
+
+
+def run_here(data_dir, out_dir, capsys, *extra):
+    return run_here_err(data_dir, out_dir, capsys, *extra)[:2]
 
 
 def read_jsonl(path):
@@ -165,11 +170,76 @@ def test_faults_in_training_get_their_status(data_dir, tmp_path, capsys, monkeyp
     assert (got, s["status"]) == (code, status)
     assert s["error"] and "\n" not in s["error"] and s["steps_completed"] == 0
     assert s["metrics"]["num_params"] > 0 and "val_loss" not in s["metrics"]
+    # no step completed: there is no training time to report, so it is null (not a misleading 0)
+    assert s["metrics"]["train_time_s"] is None and "tokens_per_s" not in s["metrics"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
 def test_cuda_without_a_gpu_is_a_clear_flag_error(data_dir, tmp_path, capsys):
     code = mini.main([*TINY[:-4], "--device", "cuda", "--data_dir", data_dir, "--out_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "--device cuda" in err and "--device cpu" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--device cuda" in err and "--device cpu" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_summary_goes_only_into_the_directory_the_run_started_in(data_dir, tmp_path, capsys, monkeypatch):
+    # Mid-run, --out_dir is moved aside and a new directory takes its path (a rerun superseding it).
+    out, moved = tmp_path / "o", tmp_path / "o.superseded"
+    real = mini.log_train_losses
+
+    def supersede_then_log(*a, **k):
+        if not moved.exists():
+            os.rename(out, moved)
+            out.mkdir()
+        return real(*a, **k)
+    monkeypatch.setattr(mini, "log_train_losses", supersede_then_log)
+    code, _, err = run_here_err(data_dir, out, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "no longer the directory this run started in" in err
+    assert os.listdir(out) == [] and sorted(os.listdir(moved)) == ["metrics.jsonl"]
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC once `budget` writes have been made (a disk filling up)."""
+
+    def __init__(self, f, budget):
+        self.f, self.budget = f, budget
+
+    def write(self, text):
+        if self.budget <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.budget -= 1
+        return self.f.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_disk_on(monkeypatch, suffix, budget):
+    """Files the trainer opens whose name ends with `suffix` get a full disk after `budget` writes."""
+    def fake_open(path, *a, **k):
+        f = open(path, *a, **k)
+        return FullDisk(f, budget) if str(path).endswith(suffix) else f
+    monkeypatch.setattr(mini, "open", fake_open, raising=False)
+
+
+def test_full_disk_while_logging_metrics_fails_the_run_with_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    fill_disk_on(monkeypatch, "metrics.jsonl", budget=3)
+    code, _, err = run_here_err(data_dir, tmp_path / "o", capsys)
+    s = json.load(open(tmp_path / "o" / "summary.json"))
+    assert code == 1 and s["status"] == "failed" and len(err.strip().splitlines()) == 1
+    assert s["error"] == f"{tmp_path / 'o' / 'metrics.jsonl'}: cannot write (No space left on device)"
+    assert s["error"] in err and sorted(os.listdir(tmp_path / "o")) == ["metrics.jsonl", "summary.json"]
+
+
+def test_full_disk_when_writing_the_summary_leaves_no_temp_file(data_dir, tmp_path, capsys, monkeypatch):
+    fill_disk_on(monkeypatch, f".tmp{os.getpid()}", budget=0)
+    code, _, err = run_here_err(data_dir, tmp_path / "o", capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "summary.json: cannot write (No space left on device)" in err
+    assert os.listdir(tmp_path / "o") == ["metrics.jsonl"]  # no summary, no summary.json.tmp*
