@@ -26,6 +26,7 @@ Adjusted inference after a stop uses the stage-wise ordering (Armitage 1957; Tsi
 Mehta 1984): an outcome is more extreme when it crossed at an earlier look, or at the same look with
 a larger statistic. Only numpy and scipy.special are imported (decide must start fast).
 """
+import functools
 import math
 from dataclasses import dataclass, field, fields
 
@@ -155,21 +156,31 @@ def _futility_exit(st, t, eta, a, sides):
     return _cdf(st, t, eta, a)
 
 
-def _decreasing_root(f, lo, hi, iters=60):
-    """x in [lo, hi] with f(x) = 0 for f decreasing (bisection; clamps to the ends)."""
-    if f(lo) <= 0:
+def _increasing_root(f, lo, hi, tol=1e-9, iters=60):
+    """x in [lo, hi] with f(x) = 0 for f increasing: regula falsi with the Illinois modification
+    (a few evaluations for smooth f), clamped to the ends."""
+    flo, fhi = f(lo), f(hi)
+    if flo >= 0:
         return lo
-    if f(hi) >= 0:
+    if fhi <= 0:
         return hi
+    side = 0
     for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if f(mid) > 0:
-            lo = mid
+        x = hi - fhi * (hi - lo) / (fhi - flo)
+        fx = f(x)
+        if abs(fx) < 1e-13 or hi - lo < tol:
+            return x
+        if fx < 0:
+            lo, flo = x, fx
+            if side == -1:
+                fhi /= 2
+            side = -1
         else:
-            hi = mid
-        if hi - lo < 1e-11:
-            break
-    return 0.5 * (lo + hi)
+            hi, fhi = x, fx
+            if side == 1:
+                flo /= 2
+            side = 1
+    return x
 
 
 def crossing_probabilities(ts, upper, lower=None, sides=2, eta=0.0):
@@ -204,7 +215,7 @@ def classic_boundaries(kind, K, alpha=0.05, sides=2):
     def excess(c):
         return crossing_probabilities(ts, [c * s for s in shape], sides=sides)[0].sum() - alpha
 
-    c = _decreasing_root(excess, 0.5, 10.0)
+    c = _increasing_root(lambda c: -excess(c), 0.5, 10.0, tol=1e-10)
     return np.array([c * s for s in shape])
 
 
@@ -243,7 +254,7 @@ def spending_boundaries(ts, alpha, sides=2, spending="obf", futility="beta", pow
         if inc <= 1e-300:
             b = math.inf
         else:
-            b = _decreasing_root(lambda x: _efficacy_exit(st0, t, 0.0, x, sides)[0] - inc, lo_z, 40.0)
+            b = _increasing_root(lambda x: inc - _efficacy_exit(st0, t, 0.0, x, sides)[0], lo_z, 40.0, tol=1e-10)
         last = k == len(ts) - 1 and ts[-1] >= 1.0 - 1e-12
         a = None
         if futility == "beta" and not last:
@@ -251,11 +262,11 @@ def spending_boundaries(ts, alpha, sides=2, spending="obf", futility="beta", pow
             if incb > 1e-300:
                 top = b if math.isfinite(b) else 40.0
                 # futility exit grows with a: find a with P_eta1(futile at k) = incb
-                a = _decreasing_root(lambda x: incb - _futility_exit(st1, t, eta1, x, sides)[0], lo_z, top)
+                a = _increasing_root(lambda x: _futility_exit(st1, t, eta1, x, sides)[0] - incb, lo_z, top, tol=1e-10)
                 if sides == 2 and a <= 0:
                     a = None
-        upper.append(b)
-        lower.append(a)
+        upper.append(float(b))
+        lower.append(None if a is None else float(a))
         st0 = _advance(st0, t, 0.0, _region(b, None, sides), h)
         st1 = _advance(st1, t, eta1, _region(b, a, sides), h)
     return Bounds(ts, upper, lower, [float(x) for x in A], [float(x) for x in B], eta1, sides, states)
@@ -375,9 +386,14 @@ class Design:
         return self.effect_sd * math.sqrt(scale)
 
     def bounds(self):
-        d = self.validated("design")
-        return spending_boundaries([n / d.max_runs for n in d.look_sizes()], d.alpha, d.sides, d.spending,
-                                   d.futility, d.power, d.eta1())
+        return _design_bounds(self.validated("design"))
+
+
+@functools.lru_cache(maxsize=64)
+def _design_bounds(d):
+    """Boundaries of a validated design (cached: a design is immutable, and its boundaries depend only on it)."""
+    return spending_boundaries([n / d.max_runs for n in d.look_sizes()], d.alpha, d.sides, d.spending,
+                               d.futility, d.power, d.eta1())
 
 
 def design_matches(old, new):
@@ -499,7 +515,7 @@ def stagewise_interval(bounds, k, z, level):
 
     def solve(p):
         # the ordering probability increases with eta
-        return _decreasing_root(lambda e: p - _upper_ordering_prob(bounds, k, z, e, h), lo, hi, iters=45)
+        return _increasing_root(lambda e: _upper_ordering_prob(bounds, k, z, e, h) - p, lo, hi, tol=1e-8)
 
     return solve((1 - level) / 2), solve(0.5), solve((1 + level) / 2)
 
