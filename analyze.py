@@ -17,6 +17,7 @@ the whole report. Exit status: 0 on success, 1 when nothing could be analysed, 2
 """
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -160,21 +161,26 @@ def _clean(obj):
 def _write_atomic(path, text):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path)[-100:])
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def summary_csv(res):
     cols = ["stage", "condition", "metric", "n", "mean", "std", "sem", "ci_low", "ci_high", "median", "min", "max",
             "p25", "p75", "p95", "cv", "boot_low", "boot_high", "shapiro_p", "deterministic", "baseline", "diff",
             "diff_pct", "diff_ci_low", "diff_ci_high", "hedges_g", "g_low", "g_high", "p_improvement", "primary_test",
-            "p", "p_holm", "verdict"]
+            "p", "p_holm", "verdict", "decision"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
-    val = lambda x: "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else repr(x) if isinstance(x, float) else str(x)
+    val = lambda x: "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else repr(x) if isinstance(x, float) else printable(x)
     for s in res["stages"]:
         cmp = {(c["variant"], c["metric"]): c for c in s["comparisons"]}
         for cname, dm in s["descriptive"].items():
@@ -184,90 +190,124 @@ def summary_csv(res):
                 row = [s["name"], cname, m] + [d[k] for k in cols[3:20]] + [
                     s["baseline"] if c else None, c.get("diff"), c.get("diff_pct"), b.get("diff_low"), b.get("diff_high"),
                     e.get("g"), e.get("g_low"), e.get("g_high"), b.get("poi"), pr.get("test"), pr.get("p"),
-                    pr.get("p_holm"), c.get("verdict")]
+                    pr.get("p_holm"), c.get("verdict"), c.get("decision")]
                 w.writerow([val(x) for x in row])
     return buf.getvalue()
 
 
 def make_figures(res, curves, figdir, outdir):
     """All figures; returns {kind: [(stage or key, relative path)]} for the report."""
+    from analysis import figures   # matplotlib is imported only when figures are drawn
     rel = lambda p: os.path.relpath(p, outdir).replace(os.sep, "/")
     out = {k: [] for k in ("distributions", "violins", "curves", "comparison", "gap", "sweeps")}
     for s in res["stages"]:
-        slug = figures.slug(s["name"])
-        labels = [c["name"] for c in s["conditions"]]
-        mets = [m for m in s["metrics"] if any(s["descriptive"][c][m]["n"] for c in labels)]
+        stem = figures.file_stem(s.name)
+        labels = [printable(c.name) for c in s.conditions]
+        names = [c.name for c in s.conditions]
+        mets = [m for m in s.metrics if any(s.descriptive[c][m].n for c in names)]
         if mets:
-            data = {m: [_finished_values(res, s, c, m) for c in labels] for m in mets}
-            out["distributions"].append((s["name"], rel(figures.distributions(os.path.join(figdir, f"{slug}_distributions.png"), mets, data, labels))))
-            out["violins"].append((s["name"], rel(figures.violins(os.path.join(figdir, f"{slug}_violins.png"), mets, data, labels))))
-        val_c, train_c = curves[s["name"]]
+            data = {m: [_finished_values(s, c, m) for c in names] for m in mets}
+            out["distributions"].append((s.name, rel(figures.distributions(os.path.join(figdir, f"{stem}_distributions.png"), mets, data, labels))))
+            out["violins"].append((s.name, rel(figures.violins(os.path.join(figdir, f"{stem}_violins.png"), mets, data, labels))))
+        val_c, train_c = curves[s.name]
         if val_c or train_c:
-            v = {k: (g, m) for k, (g, m, _, _) in val_c.items()}
-            t = {k: (g, m) for k, (g, m, _, _) in train_c.items()}
-            out["curves"].append((s["name"], rel(figures.training_curves(os.path.join(figdir, f"{slug}_training_curves.png"), t, v, labels,
-                                                                    s["dynamics"]["target"] if s["dynamics"]["target_applies"] else None))))
+            v = {printable(k): (g, m) for k, (g, m, _, _) in val_c.items()}
+            t = {printable(k): (g, m) for k, (g, m, _, _) in train_c.items()}
+            dyn = s.dynamics
+            out["curves"].append((s.name, rel(figures.training_curves(os.path.join(figdir, f"{stem}_training_curves.png"), t, v, labels,
+                                                                   dyn.target if dyn.target_applies else None))))
             if v:
-                out["comparison"].append((s["name"], rel(figures.loss_comparison(os.path.join(figdir, f"{slug}_loss_comparison.png"), v, labels))))
-        if s["dynamics"]["gaps"]:
-            out["gap"].append((s["name"], rel(figures.gap(os.path.join(figdir, f"{slug}_gap.png"), s["dynamics"]["gaps"], labels, s["baseline"]))))
-        for i, sw in enumerate(s["sweeps"]):
-            path = os.path.join(figdir, f"{slug}_sweep_{figures.slug(sw['param'])}_{i}.png")
-            out["sweeps"].append((f"{s['name']}::{i}", rel(figures.sweep(path, sw["param"], sw["metric"], sw["rows"]))))
+                out["comparison"].append((s.name, rel(figures.loss_comparison(os.path.join(figdir, f"{stem}_loss_comparison.png"), v, labels))))
+        if s.dynamics.gaps:
+            gaps = {printable(k): g for k, g in s.dynamics.gaps.items()}
+            out["gap"].append((s.name, rel(figures.gap(os.path.join(figdir, f"{stem}_gap.png"), gaps, labels, printable(s.baseline)))))
+        for i, sw in enumerate(s.sweeps):
+            path = os.path.join(figdir, f"{stem}_sweep_{figures.file_stem(sw['param'], 40)}_{i}.png")
+            out["sweeps"].append((f"{s.name}::{i}", rel(figures.sweep(path, printable(sw["param"]), sw["metric"], sw["rows"]))))
     return out
 
 
-def _finished_values(res, s, cname, metric):
+def _finished_values(s, cname, metric):
     import numpy as np
-    return np.array([r["metrics"][metric] for r in s["runs"]
-                     if r["condition"] == cname and r["outcome"] == "finished" and metric in r["metrics"]])
+    return np.array([r.metrics[metric] for r in s.runs
+                     if r.condition == cname and r.outcome == "finished" and metric in r.metrics])
 
 
-def _versions():
-    import matplotlib
+def _versions(with_matplotlib=True):
+    from importlib.metadata import version
     import numpy
     import scipy
-    import tabulate
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "matplotlib": matplotlib.__version__, "tabulate": tabulate.__version__}
+    out = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__}
+    if with_matplotlib:
+        out["matplotlib"] = version("matplotlib")
+    out["tabulate"] = version("tabulate")
+    return out
+
+
+def _read_template(path):
+    """The template text, or (None, one line saying why)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return None, f"--template {printable(path)}: {e.strerror}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, (f"--template {printable(path)}: not a text file (byte {e.start} is not UTF-8); "
+                      "give a markdown template like report_template.md")
+    if "\x00" in text:
+        return None, f"--template {printable(path)}: not a text file (it contains NUL bytes); give a markdown template"
+    return text, None
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    """`python analyze.py [options]`: the report. (A subcommand, `python analyze.py NAME ...`, would
+    be dispatched here on argv[0] before the report's options are parsed.)"""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return report_main(argv)
+
+
+def report_main(argv):
     args = parse_args(argv)
     if not os.path.isdir(args.logs):
-        print(f"analyze.py: --logs {args.logs}: no such directory (run the experiments first, or point --logs at "
+        print(f"analyze.py: --logs {printable(args.logs)}: no such directory (run the experiments first, or point --logs at "
               "a folder of <stage>/<variant>/seed_<S>/ run directories or speedrun log files)", file=sys.stderr)
         return 1
-    try:
-        with open(args.template, encoding="utf-8") as f:
-            template = f.read()
-    except OSError as e:
-        print(f"analyze.py: --template {args.template}: {e.strerror}", file=sys.stderr)
+    template, why = _read_template(args.template)
+    if template is None:
+        print(f"analyze.py: {why}", file=sys.stderr)
         return 2
     conditions, notes = loading.load(args.logs)
     if args.stage_list:
         known = sorted({c.stage for c in conditions})
         unknown = [s for s in args.stage_list if s not in known]
         if unknown:
-            print(f"analyze.py: --stage {', '.join(unknown)}: not found under {args.logs} (stages: {', '.join(known) or 'none'})",
-                  file=sys.stderr)
+            print(f"analyze.py: --stage {', '.join(unknown)}: not found under {printable(args.logs)} "
+                  f"(stages: {printable(', '.join(known)) or 'none'})", file=sys.stderr)
             return 2
         conditions = [c for c in conditions if c.stage in args.stage_list]
     if not conditions or not any(c.runs for c in conditions):
-        print(f"analyze.py: nothing to analyse under {os.path.abspath(args.logs)}: looked for run directories "
+        print(f"analyze.py: nothing to analyse under {printable(os.path.abspath(args.logs))}: looked for run directories "
               "<stage>/<variant>/seed_<S>/ (summary.json, metrics.jsonl) and folders of speedrun log files "
               "(lines like 'step:125/5100 val_loss:4.9584 ...'); found none", file=sys.stderr)
         return 1
+    rate, rate_source, rate_notes = cost_mod.rate_from(args.usd_per_gpu_hour, [c.experiment for c in conditions])
+    notes.extend(rate_notes)
+    rule_cfg = rules.RuleSettings(target=args.target, main_alpha=args.main_alpha, systems_only=args.systems_only,
+                                  opt_threshold=args.opt_threshold, opt_sigma=args.opt_sigma, step_credit=args.step_credit,
+                                  pairwise_threshold=args.pairwise_threshold, margin=args.margin, margin_alpha=args.margin_alpha)
     settings = dict(seed=args.seed, resamples=args.resamples, baseline=args.baseline, metrics=args.metric_list,
-                    target=args.target, equivalence=args.equivalence_map,
+                    target=args.target, equivalence=args.equivalence_map, rules=rule_cfg, rate=rate,
+                    previous_record=args.previous_record,
                     target_explicit=any(a == "--target" or a.startswith("--target=") for a in argv))
     res, curves = compute.analyse(conditions, settings)
     for s in res["stages"]:
-        notes.extend(s.pop("notes"))
+        notes.extend(s.notes)
+        s.notes = []
     res["notes"] = notes
     for m in args.equivalence_map:
-        if not any(c["metric"] == m for s in res["stages"] for c in s["comparisons"]):
+        if not any(c.metric == m for s in res["stages"] for c in s.comparisons) and not (m == "val_loss" and args.margin_default):
             res["notes"].append(f"--equivalence {m}: no comparison has this metric, so no equivalence test was run")
     out = args.out
     outdir = os.path.dirname(os.path.abspath(out))
@@ -276,30 +316,43 @@ def main(argv=None):
     figdir = os.path.join(outdir, f"{stem}_figures")
     results_path = os.path.join(outdir, prefix + "results.json")
     csv_path = os.path.join(outdir, prefix + "summary.csv")
+    equivalence = {k: f"{v[0]:g}{'%' if v[1] else ''}" for k, v in args.equivalence_map.items()}
     res["settings"] = dict(command="python analyze.py" + (" " + shlex.join(argv) if argv else ""), logs=args.logs,
                            stages=args.stage_list, baseline=args.baseline, metrics=args.metric_list, target=args.target,
-                           equivalence={k: f"{v[0]:g}{'%' if v[1] else ''}" for k, v in args.equivalence_map.items()},
+                           equivalence=equivalence, equivalence_default_val_loss=args.margin_default,
+                           rules=dataclasses.asdict(rule_cfg), previous_record=args.previous_record,
+                           usd_per_gpu_hour=rate, usd_rate_source=rate_source,
                            resamples=args.resamples, seed=args.seed, alpha=st.ALPHA, exact_limit=st.EXACT_LIMIT,
-                           versions=_versions())
-    rel_figs = make_figures(res, curves, figdir, outdir) if args.figures else {}
+                           versions=_versions(args.figures))
+    try:
+        rel_figs = make_figures(res, curves, figdir, outdir) if args.figures else {}
+    except OSError as e:
+        print(f"analyze.py: cannot write the figures to {printable(e.filename or figdir)}: {e.strerror} "
+              "(choose a writable --out, or --no-figures)", file=sys.stderr)
+        return 1
     files = [os.path.relpath(p, outdir).replace(os.sep, "/") for p in (results_path, csv_path)]
     if rel_figs:
         files.append(os.path.basename(figdir) + "/")
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text, unknown = rep.render(template, res, rel_figs, files, date)
     for u in unknown:
-        print(f"analyze.py: warning: {args.template}: unknown placeholder {{{{{u}}}}} left as a note in the report", file=sys.stderr)
+        print(f"analyze.py: warning: {printable(args.template)}: unknown placeholder {{{{{printable(u)}}}}} left as a note in the report",
+              file=sys.stderr)
     ordered = {"settings": res["settings"], "notes": res["notes"], "stages": res["stages"], "family": res["family"]}
-    _write_atomic(results_path, json.dumps(_clean(ordered), indent=1, allow_nan=False) + "\n")
-    _write_atomic(csv_path, summary_csv(res))
-    _write_atomic(out, text)
+    for path, body in ((results_path, json.dumps(_clean(ordered), indent=1, allow_nan=False) + "\n"),
+                       (csv_path, summary_csv(res)), (out, text)):
+        try:
+            _write_atomic(path, body)
+        except OSError as e:
+            print(f"analyze.py: cannot write {printable(path)}: {e.strerror} (choose a writable --out)", file=sys.stderr)
+            return 1
     n_fin = sum(1 for c in conditions for r in c.runs if r.finished)
     n_all = sum(len(c.runs) for c in conditions)
     print(f"analyze.py: {len(res['stages'])} stage(s), {n_all} run(s), {n_fin} finished, "
-          f"{len(res['family'])} test(s) in the Holm family -> {out}, {os.path.relpath(results_path)}, "
-          f"{os.path.relpath(csv_path)}" + (f", {os.path.relpath(figdir)}/" if rel_figs else ""))
+          f"{len(res['family'])} test(s) in the Holm family -> {printable(out)}, {printable(os.path.relpath(results_path))}, "
+          f"{printable(os.path.relpath(csv_path))}" + (f", {printable(os.path.relpath(figdir))}/" if rel_figs else ""))
     if n_fin == 0:
-        print(f"analyze.py: no run under {os.path.abspath(args.logs)} finished, so no statistic could be computed "
+        print(f"analyze.py: no run under {printable(os.path.abspath(args.logs))} finished, so no statistic could be computed "
               "(the report lists the runs and why they failed)", file=sys.stderr)
         return 1
     return 0

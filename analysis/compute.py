@@ -6,9 +6,12 @@ which other metrics or stages were analysed, and the same inputs give the same r
 """
 import math
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import cost as cost_mod
+from . import planner, rules
 from . import stats as st
 
 LOWER_BETTER = {"val_loss", "train_loss", "train_time_s", "wall_time_s", "peak_memory_mib",
@@ -193,76 +196,124 @@ def _seed_map(runs, metric):
     return {s: v[0] for s, v in out.items() if len(v) == 1}
 
 
+@dataclass
+class Comparison(st.Record):
+    """Every statistic of one variant against its stage's baseline on one metric."""
+    variant: str
+    baseline: str
+    metric: str
+    higher_better: bool = None
+    n_b: int = 0
+    n_v: int = 0
+    mean_b: float = None
+    mean_v: float = None
+    diff: float = None
+    diff_pct: float = None
+    better: bool = None
+    testable: bool = False
+    deterministic: bool = False
+    paired_seeds: list = field(default_factory=list)
+    fully_paired: bool = False
+    welch: st.TTest = None
+    mann_whitney: st.RankTest = None
+    permutation: st.Permutation = None
+    effect: st.Effect = None
+    bootstrap: st.Bootstrap = None
+    levene: st.Levene = None
+    power: st.Power = None
+    paired: st.Paired = None
+    primary: st.Primary = None
+    tost: st.Tost = None
+    verdict: str = None
+    decision: str = None
+    caveats: list = field(default_factory=list)
+
+
+def _tost_for(b, v, mb, eq):
+    m = eq[0] / 100 * abs(mb) if eq[1] else eq[0]
+    t = st.tost(b, v, -m, m)
+    t.margin, t.margin_spec = m, f"{eq[0]:g}{'%' if eq[1] else ''}"
+    return t
+
+
 def compare(b_cond, v_cond, metric, settings, stage):
     """Every statistic of one variant against the baseline on one metric."""
     b, b_runs = _values(b_cond, metric)
     v, v_runs = _values(v_cond, metric)
     hb = direction(metric)
-    res = dict(variant=v_cond.name, baseline=b_cond.name, metric=metric, higher_better=hb,
-               n_b=len(b), n_v=len(v), mean_b=None, mean_v=None, diff=None, diff_pct=None,
-               better=None, testable=False, deterministic=False)
+    res = Comparison(variant=v_cond.name, baseline=b_cond.name, metric=metric, higher_better=hb, n_b=len(b), n_v=len(v))
     if len(b) == 0 or len(v) == 0:
         return res
     mb, mv = float(b.mean()), float(v.mean())
     diff = mv - mb
-    res.update(mean_b=mb, mean_v=mv, diff=diff, diff_pct=100 * diff / abs(mb) if mb != 0 else None)
+    res.mean_b, res.mean_v, res.diff = mb, mv, diff
+    res.diff_pct = 100 * diff / abs(mb) if mb != 0 else None
     if hb is not None and diff != 0:
-        res["better"] = (diff > 0) == hb
+        res.better = (diff > 0) == hb
     key = (settings["seed"], stage, v_cond.name, metric)
     R = settings["resamples"]
     if len(b) < 2 or len(v) < 2:
         return res
-    res["testable"] = True
+    res.testable = True
     sb, sv = _seed_map(b_runs, metric), _seed_map(v_runs, metric)
     common = sorted(set(sb) & set(sv))
-    res["paired_seeds"] = common
-    res["fully_paired"] = bool(common) and len(common) == len(b) == len(v)
+    res.paired_seeds = common
+    res.fully_paired = bool(common) and len(common) == len(b) == len(v)
+    eq = settings["equivalence"].get(metric)
     if st.is_constant(b) and st.is_constant(v):
         # every run of each side gave the same value: the difference is exact, no test applies
-        res["deterministic"] = True
-        res["bootstrap"] = st.stratified_bootstrap(b, v, rng_for(*key, "boot"), 100, hb)
-        eq = settings["equivalence"].get(metric)
+        res.deterministic = True
+        if st.is_constant(np.r_[b, v]):   # the same value on both sides, up to rounding of the means
+            res.diff, res.diff_pct, res.better = 0.0, 0.0, None
+        res.bootstrap = st.stratified_bootstrap(b, v, rng_for(*key, "boot"), 100, hb)
         if eq is not None:
-            m = eq[0] / 100 * abs(mb) if eq[1] else eq[0]
-            res["tost"] = dict(st.tost(b, v, -m, m), margin=m, margin_spec=f"{eq[0]:g}{'%' if eq[1] else ''}")
+            res.tost = _tost_for(b, v, mb, eq)
         return res
-    res["welch"] = st.welch(b, v)
-    res["mann_whitney"] = st.mann_whitney(b, v)
-    res["permutation"] = st.permutation_test(b, v, rng_for(*key, "perm"), R)
-    res["effect"] = st.effect_size(b, v)
-    res["bootstrap"] = st.stratified_bootstrap(b, v, rng_for(*key, "boot"), R, hb)
-    res["levene"] = st.levene(b, v, center="median")
-    g = res["effect"]["g"]
-    g = abs(g) if g is not None else None
-    res["power"] = dict(effect=g, effect_name="|g|", design="two-sample", achieved=None, runs_needed=None)
+    res.welch = st.welch(b, v)
+    res.mann_whitney = st.mann_whitney(b, v)
+    res.permutation = st.permutation_test(b, v, rng_for(*key, "perm"), R)
+    res.effect = st.effect_size(b, v)
+    res.bootstrap = st.stratified_bootstrap(b, v, rng_for(*key, "boot"), R, hb)
+    res.levene = st.levene(b, v, center="median")
+    g = abs(res.effect.g) if res.effect.g is not None else None
+    res.power = st.Power(effect=g, effect_name="|g|", design="two-sample")
     if g is not None:
-        res["power"]["achieved"] = float(st.power_two_sample(g, len(b), len(v)))
-        res["power"]["runs_needed"] = st.runs_needed(g)
+        res.power.achieved = float(st.power_two_sample(g, len(b), len(v)))
+        res.power.runs_needed = st.runs_needed(g)
     # paired: runs sharing a seed
     if len(common) >= 2:
         pb = np.array([sb[s] for s in common])
         pv = np.array([sv[s] for s in common])
         pr = st.paired(pb, pv, rng_for(*key, "paired"), R)
-        if pr["dz"] is not None:
-            pr["power"] = float(st.power_paired(pr["dz"], len(common)))
-            pr["runs_needed"] = st.runs_needed(pr["dz"], paired_design=True)
-        res["paired"] = pr
+        if pr.dz is not None:
+            pr.power = float(st.power_paired(pr.dz, len(common)))
+            pr.runs_needed = st.runs_needed(pr.dz, paired_design=True)
+        res.paired = pr
     # primary test: paired t when every run is paired, else Welch
-    if res["fully_paired"] and res.get("paired", {}).get("p_t") is not None:
-        res["primary"] = dict(test="paired t", p=res["paired"]["p_t"], ci_low=res["paired"]["ci_low"],
-                              ci_high=res["paired"]["ci_high"])
-        pr = res["paired"]
-        res["power"] = dict(effect=abs(pr["dz"]), effect_name="|d_z|", design="paired",
-                            achieved=pr.get("power"), runs_needed=pr.get("runs_needed"))
-    elif res["welch"]["p"] is not None:
-        res["primary"] = dict(test="Welch t", p=res["welch"]["p"], ci_low=res["welch"]["ci_low"],
-                              ci_high=res["welch"]["ci_high"])
-    # equivalence
-    eq = settings["equivalence"].get(metric)
+    if res.fully_paired and res.paired is not None and res.paired.p_t is not None:
+        pr = res.paired
+        res.primary = st.Primary("paired t", pr.p_t, pr.ci_low, pr.ci_high)
+        res.power = st.Power(effect=abs(pr.dz), effect_name="|d_z|", design="paired", achieved=pr.power,
+                             runs_needed=pr.runs_needed)
+    elif res.welch.p is not None:
+        res.primary = st.Primary("Welch t", res.welch.p, res.welch.ci_low, res.welch.ci_high)
     if eq is not None:
-        m = eq[0] / 100 * abs(mb) if eq[1] else eq[0]
-        res["tost"] = dict(st.tost(b, v, -m, m), margin=m, margin_spec=f"{eq[0]:g}{'%' if eq[1] else ''}")
+        res.tost = _tost_for(b, v, mb, eq)
     return res
+
+
+@dataclass
+class Dynamics(st.Record):
+    """Over training: mean curves, gaps to the baseline, time to target, iso-loss speedups and the
+    one-sample speedrun criterion per condition (each a small dict keyed by condition)."""
+    target: float
+    target_applies: bool
+    val: dict = field(default_factory=dict)
+    train_available: list = field(default_factory=list)
+    gaps: dict = field(default_factory=dict)
+    time_to_target: dict = field(default_factory=dict)
+    iso_loss: dict = field(default_factory=dict)
+    speedrun: dict = field(default_factory=dict)
 
 
 def _curve_block(conds, kind):
@@ -303,8 +354,7 @@ def training_dynamics(conds, baseline, settings):
     presets = {str(r.config.get("preset")) for c in conds for r in c.runs if r.config.get("preset")}
     applies = (settings.get("target_explicit") or any(c.source == "log" for c in conds)
                or (any(str(s).startswith("train_gpt") for s in scripts) and not presets))
-    out = dict(val={}, train_available=sorted(train), gaps={}, time_to_target={}, iso_loss={},
-               speedrun={}, target=settings["target"], target_applies=bool(applies))
+    out = Dynamics(target=settings["target"], target_applies=bool(applies), train_available=sorted(train))
     for name, (grid, mat, tmat, runs) in val.items():
         cnt, mean, sd = st.mean_sd(mat)
         _, tmean, _ = st.mean_sd(tmat)
@@ -397,6 +447,148 @@ def sweep_baseline(conds, names):
     return None
 
 
+@dataclass
+class ConditionSummary(st.Record):
+    name: str
+    source: str
+    path: str
+    runs: int = 0
+    finished: int = 0
+    planned_seeds: list = field(default_factory=list)
+    not_started: list = field(default_factory=list)
+    outcomes: dict = field(default_factory=dict)
+    seeds: list = field(default_factory=list)
+    finished_seeds: list = field(default_factory=list)
+    scripts: list = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    command: object = None
+    git_commit: str = None
+    git_dirty: bool = None
+    nproc_per_node: int = None
+    nnodes: int = None
+    cuda_visible_devices: str = None
+    started: str = None
+    cost: cost_mod.CostSummary = None
+
+
+@dataclass
+class RunRow(st.Record):
+    condition: str
+    name: str
+    seed: int = None
+    status: str = None
+    outcome: str = None
+    reason: str = None
+    steps_completed: int = None
+    total_steps: int = None
+    metrics: dict = field(default_factory=dict)
+    cost: cost_mod.RunCost = None
+
+
+@dataclass
+class Stage(st.Record):
+    name: str
+    baseline: str = None
+    conditions: list = field(default_factory=list)
+    runs: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    descriptive: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict)
+    comparisons: list = field(default_factory=list)
+    dynamics: Dynamics = None
+    sweeps: list = field(default_factory=list)
+    rules: list = field(default_factory=list)
+    plan: list = field(default_factory=list)
+    cost: cost_mod.CostSummary = None
+    notes: list = field(default_factory=list)
+
+
+def _steps_of(cond):
+    """The step count of a condition's finished runs (the most common), or None."""
+    steps = [r.steps_completed for r in cond.finished_runs if isinstance(r.steps_completed, int)]
+    if not steps:
+        return None
+    vals, counts = np.unique(steps, return_counts=True)
+    return int(vals[np.argmax(counts)])
+
+
+def acceptance(conds, baseline, settings, val_curves, target_applies):
+    """The speedrun's acceptance rules for one stage (analysis/rules.py)."""
+    cfg = settings["rules"]
+    out = []
+    finals = {c.name: _values(c, "val_loss")[0] for c in conds}
+    if target_applies:
+        for c in conds:
+            x = finals[c.name]
+            if not len(x):
+                continue
+            out.append(rules.main_track(c.name, x, cfg))
+            grid, mat = None, None
+            if c.name in val_curves:
+                grid, mat, _, run_names = val_curves[c.name]
+                fin_names = [r.name for r in c.finished_runs if "val_loss" in r.metrics]
+                if run_names != fin_names:
+                    grid = mat = None
+            out.append(rules.opt_track(c.name, x, cfg, grid, mat))
+            prev = settings.get("previous_record")
+            if prev:
+                out.append(rules.pairwise("previous record", prev[0], int(prev[1]), prev[2], float(x.mean()), len(x),
+                                          _steps_of(c), cfg))
+                out[-1].subject = f"{c.name} vs previous record"
+    if baseline is not None and len(finals.get(baseline, [])):
+        bcond = next(c for c in conds if c.name == baseline)
+        for c in conds:
+            if c.name == baseline or not len(finals[c.name]):
+                continue
+            b, v = finals[baseline], finals[c.name]
+            if target_applies:
+                r = rules.pairwise(baseline, float(b.mean()), len(b), _steps_of(bcond), float(v.mean()), len(v),
+                                   _steps_of(c), cfg)
+                r.subject = f"{c.name} vs {baseline}"
+                out.append(r)
+            r = rules.margin_test(f"{c.name} vs {baseline}", b, v, cfg)
+            out.append(r)
+    return out
+
+
+def make_plan(conds, baseline, comparisons, settings, cond_costs, target_applies):
+    """The seed planner's rows for one stage (analysis/planner.py), on val_loss."""
+    cfg, rate = settings["rules"], settings.get("rate")
+    out = []
+
+    def hours(name):
+        cs = cond_costs.get(name)
+        if cs is None:
+            return None, None
+        if cs.gpu_hours_per_run is not None:
+            return cs.gpu_hours_per_run, "GPU-hours"
+        return cs.cpu_hours_per_run, ("CPU-hours" if cs.cpu_hours_per_run is not None else None)
+
+    if target_applies:
+        for c in conds:
+            h, unit = hours(c.name)
+            out.extend(planner.plan_condition(c.name, _values(c, "val_loss")[0], cfg, h, unit, rate))
+    eq = settings["equivalence"].get("val_loss")
+    for cmp_ in comparisons:
+        if cmp_.metric != "val_loss" or not cmp_.testable:
+            continue
+        bcond = next(c for c in conds if c.name == cmp_.baseline)
+        vcond = next(c for c in conds if c.name == cmp_.variant)
+        b, b_runs = _values(bcond, "val_loss")
+        v, v_runs = _values(vcond, "val_loss")
+        pd = None
+        if cmp_.primary is not None and cmp_.primary.test == "paired t":
+            sb, sv = _seed_map(b_runs, "val_loss"), _seed_map(v_runs, "val_loss")
+            pd = np.array([sv[s] - sb[s] for s in cmp_.paired_seeds])
+        margin = (eq[0] / 100 * abs(cmp_.mean_b) if eq[1] else eq[0]) if eq else None
+        hb, ub = hours(cmp_.baseline)
+        hv, uv = hours(cmp_.variant)
+        out.extend(planner.plan_comparison(cmp_.variant, cmp_.baseline, b, v, pd, margin, (hb, hv),
+                                           ub if ub == uv else None, rate))
+    return out
+
+
 def analyse_stage(stage, conds, settings):
     names = [c.name for c in conds]
     baseline = settings["baseline"] if settings["baseline"] in names else None
@@ -422,7 +614,8 @@ def analyse_stage(stage, conds, settings):
         notes.append(f"stage {stage}: no condition named {settings['baseline']!r}, so no comparisons "
                      f"(conditions: {', '.join(names)}; choose one with --baseline NAME)")
     conditions, runs_table = [], []
-    configs = {}
+    configs, cond_costs, all_costs = {}, {}, []
+    rate = settings.get("rate")
     for c in conds:
         counts = {}
         for r in c.runs:
@@ -433,7 +626,10 @@ def analyse_stage(stage, conds, settings):
         planned = exp.get("seeds") if isinstance(exp.get("seeds"), list) else []
         present = {r.seed for r in c.runs}
         not_started = sorted(s_ for s_ in planned if isinstance(s_, int) and s_ not in present)
-        conditions.append(dict(
+        costs = [(r.name, cost_mod.run_cost(r.cost, r.metrics, r.env)) for r in c.runs]
+        cond_costs[c.name] = cost_mod.summarise(costs, rate)
+        all_costs.extend(costs)
+        conditions.append(ConditionSummary(
             name=c.name, source=c.source, path=c.path, runs=len(c.runs), finished=len(c.finished_runs),
             planned_seeds=planned, not_started=not_started,
             outcomes=counts, seeds=sorted(r.seed for r in c.runs if r.seed is not None),
@@ -442,11 +638,12 @@ def analyse_stage(stage, conds, settings):
             command=exp.get("command") if isinstance(exp.get("command"), (str, list)) else None,
             git_commit=exp.get("git_commit"), git_dirty=exp.get("git_dirty"),
             nproc_per_node=exp.get("nproc_per_node"), nnodes=exp.get("nnodes"),
-            cuda_visible_devices=exp.get("CUDA_VISIBLE_DEVICES"), started=exp.get("start_time") or exp.get("started")))
-        for r in c.runs:
-            runs_table.append(dict(condition=c.name, name=r.name, seed=r.seed, status=r.status, outcome=r.outcome,
-                                   reason=r.reason, steps_completed=r.steps_completed, total_steps=r.total_steps,
-                                   metrics=dict(sorted(r.metrics.items()))))
+            cuda_visible_devices=exp.get("CUDA_VISIBLE_DEVICES"), started=exp.get("start_time") or exp.get("started"),
+            cost=cond_costs[c.name]))
+        for r, (_, rc) in zip(c.runs, costs):
+            runs_table.append(RunRow(condition=c.name, name=r.name, seed=r.seed, status=r.status, outcome=r.outcome,
+                                     reason=r.reason, steps_completed=r.steps_completed, total_steps=r.total_steps,
+                                     metrics=dict(sorted(r.metrics.items())), cost=rc))
     descriptive, missing = {}, {}
     for c in conds:
         descriptive[c.name], missing[c.name] = {}, {}
@@ -471,8 +668,8 @@ def analyse_stage(stage, conds, settings):
         rows = []
         sweep_metric = metrics[0] if metrics else None
         for n in members:
-            cd = next(x for x in conditions if x["name"] == n)
-            d = descriptive[n].get(sweep_metric, {}) if sweep_metric else {}
+            cd = next(x for x in conditions if x.name == n)
+            d = descriptive[n].get(sweep_metric) if sweep_metric else None
             cobj = next(x for x in conds if x.name == n)
             ppl = [r.metrics.get("val_ppl", math.exp(r.metrics["val_loss"]) if "val_loss" in r.metrics and r.metrics["val_loss"] < 700 else None)
                    for r in cobj.finished_runs]
@@ -480,18 +677,22 @@ def analyse_stage(stage, conds, settings):
             rt = [r.metrics.get("train_time_s", r.metrics.get("wall_time_s")) for r in cobj.finished_runs]
             rt = [x for x in rt if x is not None]
             reasons = sorted({r.reason for r in cobj.runs if not r.finished and r.reason})
-            rows.append(dict(value=configs[n][param], condition=n, runs=cd["runs"],
-                             finished=cd["outcomes"].get("finished", 0), diverged=cd["outcomes"].get("diverged", 0),
-                             crashed=cd["outcomes"].get("crashed", 0),
-                             other=cd["runs"] - sum(cd["outcomes"].get(k, 0) for k in ("finished", "diverged", "crashed")),
-                             metric_mean=d.get("mean"), metric_sd=d.get("std"),
+            rows.append(dict(value=configs[n][param], condition=n, runs=cd.runs,
+                             finished=cd.outcomes.get("finished", 0), diverged=cd.outcomes.get("diverged", 0),
+                             crashed=cd.outcomes.get("crashed", 0),
+                             other=cd.runs - sum(cd.outcomes.get(k, 0) for k in ("finished", "diverged", "crashed")),
+                             metric_mean=d.mean if d else None, metric_sd=d.std if d else None,
                              values=[r.metrics[sweep_metric] for r in cobj.finished_runs if sweep_metric in r.metrics],
                              val_ppl=float(np.mean(ppl)) if ppl else None,
                              runtime_s=float(np.mean(rt)) if rt else None, reasons=reasons))
         sweeps.append(dict(param=param, fixed=fixed, metric=sweep_metric, rows=rows))
-    return dict(name=stage, baseline=baseline, conditions=conditions, runs=runs_table, metrics=metrics,
-                descriptive=descriptive, missing=missing, comparisons=comparisons, dynamics=dynamics,
-                sweeps=sweeps, notes=notes), (val_curves, train_curves)
+    applies = dynamics.target_applies
+    stage_rules = acceptance(conds, baseline, settings, val_curves, applies) if "val_loss" in metrics else []
+    plan = make_plan(conds, baseline, comparisons, settings, cond_costs, applies) if "val_loss" in metrics else []
+    return Stage(name=stage, baseline=baseline, conditions=conditions, runs=runs_table, metrics=metrics,
+                 descriptive=descriptive, missing=missing, comparisons=comparisons, dynamics=dynamics,
+                 sweeps=sweeps, rules=stage_rules, plan=plan, cost=cost_mod.summarise(all_costs, rate),
+                 notes=notes), (val_curves, train_curves)
 
 
 def apply_holm(stages, alpha=st.ALPHA):
@@ -521,6 +722,8 @@ def verdict(c, alpha=st.ALPHA):
         return "no data"
     if not c["testable"]:
         return "not testable (n < 2)"
+    if c["deterministic"] and c["diff"] == 0:
+        return "identical"
     tost = c.get("tost")
     if tost and (tost.get("significant") or (tost["deterministic"] and tost["within"])):
         return "equivalent"
@@ -535,6 +738,23 @@ def verdict(c, alpha=st.ALPHA):
     if power is not None and power < 0.8:
         return "inconclusive (underpowered)"
     return "no significant difference"
+
+
+def decision(c):
+    """The first screen's word for a comparison: better / worse / equivalent / different /
+    inconclusive (from the verdict; see docs/analyze.md)."""
+    v = c.verdict
+    if v == "significantly better":
+        return "better"
+    if v == "significantly worse":
+        return "worse"
+    if v in ("equivalent", "identical"):
+        return "equivalent"
+    if v == "deterministic difference":
+        return "different" if c.better is None else ("better" if c.better else "worse")
+    if v == "significant difference":
+        return "different"
+    return "inconclusive"
 
 
 def caveats(c, alpha=st.ALPHA):
@@ -581,7 +801,8 @@ def analyse(conditions, settings):
         curves[name] = cv
     family = apply_holm(stages)
     for s in stages:
-        for c in s["comparisons"]:
-            c["verdict"] = verdict(c)
-            c["caveats"] = caveats(c)
+        for c in s.comparisons:
+            c.verdict = verdict(c)
+            c.decision = decision(c)
+            c.caveats = caveats(c)
     return dict(stages=stages, family=family), curves

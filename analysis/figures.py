@@ -1,5 +1,11 @@
 """Figures for the report (matplotlib Agg, one PNG per figure). Each function takes arrays and a
-path, writes the file and returns its path; none of them computes a statistic."""
+path, writes the file and returns its path; none of them computes a statistic.
+
+Conditions get a colour and a line style each (solid, dashed, dotted, dash-dot, in turn), so two
+conditions with identical curves stay visible: the second is drawn dashed over the first. A curve
+with few points (one validation per run, as a run validating only at its end) is drawn with markers.
+"""
+import hashlib
 import math
 import os
 import re
@@ -17,12 +23,36 @@ _MAX_THIN_RUNS = 40       # individual runs drawn behind each mean curve
 _MAX_POINTS = 1500        # curve points per line (longer curves are thinned for drawing only)
 
 
+_STYLES = ["-", "--", ":", "-."]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_FEW_POINTS = 30          # a curve with at most this many points is drawn with markers
+
+
 def color(i):
     return _COLORS[i % len(_COLORS)]
 
 
+def style(i):
+    return _STYLES[i % len(_STYLES)]
+
+
+def marker(i):
+    return _MARKERS[i % len(_MARKERS)]
+
+
 def slug(s):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)).strip("_") or "x"
+
+
+def file_stem(name, max_len=60):
+    """A file-name stem for a stage (or parameter) name: its slug when that is the name itself;
+    otherwise (characters replaced, or too long) a shortened slug plus a hash of the exact name, so
+    distinct names (`x/y` and `x_y`, names differing past the cut) never share a file."""
+    s = slug(name)
+    if s == str(name) and len(s) <= max_len:
+        return s
+    digest = hashlib.sha1(str(name).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{s[:max_len].rstrip('_.') or 'x'}_{digest}"
 
 
 def _save(fig, path):
@@ -109,8 +139,14 @@ def _mean_band(ax, grid, mat, i, label):
     grid, mat, mean, sd = _thin(grid, mat, mean, sd)
     runs = mat[:_MAX_THIN_RUNS]
     segs = [np.column_stack([grid[np.isfinite(r)], r[np.isfinite(r)]]) for r in runs]
-    ax.add_collection(LineCollection(segs, colors=color(i), linewidths=0.5, alpha=0.25))
-    ax.plot(grid, mean, color=color(i), lw=1.6, label=f"{label} (n={mat.shape[0]})")
+    ax.add_collection(LineCollection(segs, colors=color(i), linewidths=0.5, alpha=0.25, linestyles=style(i)))
+    few = int(np.isfinite(mean).sum()) <= _FEW_POINTS
+    if few:   # single validation points per run: show them, and the mean as a marker
+        for r in runs:
+            ok = np.isfinite(r)
+            ax.scatter(grid[ok], r[ok], s=10, color=color(i), alpha=0.4, marker=marker(i), zorder=2)
+    ax.plot(grid, mean, color=color(i), lw=1.6, ls=style(i), marker=marker(i) if few else None, ms=5,
+            label=f"{label} (n={mat.shape[0]})", zorder=3 + i * 0.01)
     good = np.isfinite(sd)
     ax.fill_between(grid[good], (mean - sd)[good], (mean + sd)[good], color=color(i), alpha=0.2, lw=0)
 
@@ -165,7 +201,8 @@ def loss_comparison(path, val, labels):
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = np.where(ok, mat, 0.0).sum(axis=0) / ok.sum(axis=0)
             sel = grid >= (grid.max() * 2 / 3 if k else -np.inf)
-            ax.plot(grid[sel], mean[sel], marker="." if sel.sum() < 80 else None, color=color(i), label=lab)
+            ax.plot(grid[sel], mean[sel], marker=marker(i) if sel.sum() <= _FEW_POINTS else None, ms=4, ls=style(i),
+                    color=color(i), label=lab)
         ax.set_xlabel("step")
         ax.set_ylabel("mean validation loss")
         ax.set_title("whole run" if k == 0 else "last third", fontsize=10)
@@ -189,7 +226,7 @@ def gap(path, gaps, labels, baseline):
         y = np.array([np.nan if v is None else v for v in g["gap"]], float)
         lo = np.array([np.nan if v is None else v for v in g["low"]], float)
         hi = np.array([np.nan if v is None else v for v in g["high"]], float)
-        ax.plot(x, y, color=color(i), label=lab, marker="." if len(x) < 80 else None)
+        ax.plot(x, y, color=color(i), label=lab, ls=style(i), marker=marker(i) if len(x) <= _FEW_POINTS else None, ms=4)
         ok = np.isfinite(lo) & np.isfinite(hi)
         ax.fill_between(x[ok], lo[ok], hi[ok], color=color(i), alpha=0.2, lw=0)
     ax.axhline(0, color="black", lw=0.8)

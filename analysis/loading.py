@@ -54,6 +54,7 @@ class Run:
     total_steps: int = None
     val: Curve = None
     train: Curve = None
+    cost: dict = None          # the runner's summary.json "cost" record, as read
     notes: list = field(default_factory=list)
 
     @property
@@ -257,6 +258,7 @@ def read_run_dir(path, stage, condition):
     run.steps_completed = summary.get("steps_completed") if isinstance(summary.get("steps_completed"), int) else None
     run.config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
     run.env = summary.get("env") if isinstance(summary.get("env"), dict) else {}
+    run.cost = summary.get("cost") if isinstance(summary.get("cost"), dict) else None
     metrics = summary.get("metrics")
     if not isinstance(metrics, dict):
         metrics = {}
@@ -380,7 +382,14 @@ def load(root, workers=None):
     """Every condition under root, sorted by (stage, name). Returns (conditions, notes)."""
     conditions, notes, tasks = [], [], []
     root = os.path.normpath(root)
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen_dirs, seen_runs = set(), {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            # a symlink to a folder read already (or a loop): its runs are counted once
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         hidden = sorted(d for d in dirnames if d.startswith("."))
         for d in hidden:
             # e.g. .superseded/: earlier attempts the runner moved aside; never results
@@ -398,7 +407,13 @@ def load(root, workers=None):
             if cond.experiment is None and "experiment.json" not in filenames:
                 cond.notes.append(f"{dirpath}: no experiment.json (runner record missing)")
             for d in sorted(seed_dirs, key=lambda s: int(_SEED_DIR.match(s).group(1))):
-                tasks.append((cond, ("rundir", os.path.join(dirpath, d), stage, name)))
+                run_path = os.path.join(dirpath, d)
+                rp = os.path.realpath(run_path)
+                if rp in seen_runs:
+                    cond.notes.append(f"{run_path}: the same run directory as {seen_runs[rp]} (a symlink); counted once")
+                    continue
+                seen_runs[rp] = run_path
+                tasks.append((cond, ("rundir", run_path, stage, name)))
             if not seed_dirs:
                 cond.notes.append(f"{dirpath}: experiment.json but no seed_<S> run directories yet")
             conditions.append(cond)
@@ -410,7 +425,13 @@ def load(root, workers=None):
             name = os.path.basename(os.path.abspath(dirpath))
             cond = Condition(stage or name, name, dirpath, "log")
             for f in logs:
-                tasks.append((cond, ("log", os.path.join(dirpath, f), cond.stage, name)))
+                log_path = os.path.join(dirpath, f)
+                rp = os.path.realpath(log_path)
+                if rp in seen_runs:
+                    cond.notes.append(f"{log_path}: the same log file as {seen_runs[rp]} (a symlink); counted once")
+                    continue
+                seen_runs[rp] = log_path
+                tasks.append((cond, ("log", log_path, cond.stage, name)))
             conditions.append(cond)
     for (cond, _), run in zip(tasks, _read_all([t for _, t in tasks], workers)):
         cond.runs.append(run)

@@ -3,6 +3,7 @@
 Every sentence here is produced by an explicit rule over the results dict (see interpretation()
 and limitations()); every number comes from that dict, which is also written to results.json.
 """
+import dataclasses
 import math
 import os
 import re
@@ -11,6 +12,7 @@ from tabulate import tabulate
 
 from . import stats as st
 from .compute import direction
+from .text import md
 
 DASH = "—"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
@@ -190,11 +192,6 @@ def executive_summary(res):
                     rest.setdefault(c["verdict"], []).append(code(c["metric"]))
             for verdict_, ms in rest.items():
                 out.append(f"    - {verdict_}: {', '.join(ms)}")
-        sp = s["dynamics"]["speedrun"]
-        if sp and s["dynamics"]["target_applies"]:
-            met = [k for k, v in sp.items() if v["p"] is not None and v["p"] < 0.01]
-            out.append(f"  - Speedrun criterion (mean final val loss < {fmt(s['dynamics']['target'])}, one-sided t-test p < 0.01): "
-                       + (", ".join(f"`{k}` meets it" for k in met) if met else "no condition meets it") + ".")
     if not out:
         out.append("- Nothing could be analysed.")
     fam = res["family"]
@@ -352,6 +349,9 @@ def descriptive(res):
             out.append(table(rows, ["condition", "n", "mean", "SD", "SEM", "95% t-CI", "bootstrap 95% CI", "median",
                                     "min", "max", "p25 / p75 / p95", "CV", "note"]))
             out.append("")
+            shared = _shared_note(s, m)
+            if shared:
+                out.append(shared + "\n")
     return "\n".join(out).strip()
 
 
@@ -729,11 +729,15 @@ def runs_appendix(res):
         for r in s["runs"]:
             steps = DASH if r["steps_completed"] is None else (
                 f"{r['steps_completed']}" + (f"/{r['total_steps']}" if r["total_steps"] else ""))
+            rc = r.get("cost")
+            cost = DASH if not rc else (f"{rc['device_hours']:.3g} {'GPU' if rc['device'] == 'gpu' else 'CPU'}-h"
+                                        + (" (est.)" if rc["source"] != "summary.json cost" else "")
+                                        + (f", node shared by {rc['runs_sharing_node']}" if (rc["runs_sharing_node"] or 1) > 1 else ""))
             rows.append([r["condition"], r["name"], DASH if r["seed"] is None else r["seed"], r["status"], steps]
-                        + [fmt_raw(r["metrics"].get(m)) for m in mets])
+                        + [fmt_raw(r["metrics"].get(m)) for m in mets] + [cost])
         if not rows:
             continue
-        body = table(rows, ["condition", "run", "seed", "status", "steps"] + mets)
+        body = table(rows, ["condition", "run", "seed", "status", "steps"] + mets + ["cost"])
         title = f"Stage `{s['name']}`: {len(rows)} run(s)"
         if len(rows) > 30:
             out.append(f"<details><summary>{title}</summary>\n\n{body}\n\n</details>\n")
@@ -758,7 +762,194 @@ def reproducibility(res, files):
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------------------------------------
+# the first screen: decisions, acceptance rules, the plan, the cost
+# ---------------------------------------------------------------------------------------------
+
+_TIME_METRICS = {"train_time_s", "wall_time_s", "tokens_per_s"}
+
+
+def _effect_ci(c):
+    lo, hi, how = _main_ci(c)
+    if c["deterministic"]:
+        return f"{fmt_signed(c['diff'])} (exact: zero variance)"
+    if lo is None:
+        return f"{fmt_signed(c['diff'])}"
+    return f"{fmt_signed(c['diff'])} [95% CI {fmt(lo, 4)}, {fmt(hi, 4)}] ({how})"
+
+
+def _decision_line(c):
+    prim, t = c.get("primary") or {}, c.get("tost") or {}
+    bits = [f"`{c['variant']}` vs `{c['baseline']}`, `{c['metric']}`: **{c['decision']}**", _effect_ci(c)]
+    if c["decision"] == "equivalent" and t:
+        bits.append(f"within ±{fmt(t['margin'], 3)}" + (f", TOST {p_is(t.get('p_holm'), 'Holm p')}" if t.get("p_holm") is not None else ""))
+    elif prim.get("p_holm") is not None:
+        bits.append(f"{prim['test']}, {p_is(prim['p_holm'], 'Holm p')}")
+    elif not c["testable"]:
+        bits.append(f"n = {c['n_v']} vs {c['n_b']}: no test")
+    return "- " + "; ".join(bits)
+
+
+def _hours(h, unit):
+    if h is None:
+        return None
+    return f"{h:,.2f} {unit}" if h < 100 else f"{h:,.0f} {unit}"
+
+
+def _usd(x):
+    return None if x is None else (f"${x:,.2f}" if x < 100 else f"${x:,.0f}")
+
+
+def _plan_cell(it, k):
+    n = it.get("n" + k)
+    if n is None:
+        return it.get("note") or DASH
+    more = it.get("more" + k)
+    extra = [f"+{more:,} run{'s' if more != 1 else ''}" if more else "enough already"]
+    h = _hours(it.get("hours" + k), it.get("hour_unit")) if more else None
+    if h:
+        extra.append(h)
+    u = _usd(it.get("usd" + k)) if more else None
+    if u:
+        extra.append(u)
+    return f"{n:,} {it['unit']} ({', '.join(extra)})"
+
+
+def decisions(res):
+    """The first screen: one line per comparison, the acceptance rules, what to run next, the cost."""
+    out = []
+    rate = res["settings"].get("usd_per_gpu_hour")
+    for s in res["stages"]:
+        fin = sum(1 for r in s["runs"] if r["outcome"] == "finished")
+        out.append(f"**Stage `{s['name']}`** ({len(s['conditions'])} condition(s), {fin}/{len(s['runs'])} runs finished"
+                   + (f", baseline `{s['baseline']}`" if s["baseline"] else ", no baseline") + ")\n")
+        cs = [c for c in s["comparisons"] if c["verdict"] != "no data"]
+        shown = [c for c in cs if c["metric"] == "val_loss" or c["decision"] != "inconclusive"]
+        rest = {}
+        for c in cs:
+            if c not in shown:
+                rest.setdefault(f"`{c['variant']}` vs `{c['baseline']}`", []).append(code(c["metric"]))
+        out.extend(_decision_line(c) for c in shown)
+        for k, ms in rest.items():
+            out.append(f"- {k}: inconclusive on {', '.join(ms)}")
+        if not cs:
+            out.append("- No comparison (needs a baseline and a variant with finished runs).")
+        if s["rules"]:
+            out.append("\nAcceptance rules (docs/analyze.md):\n")
+            for r in s["rules"]:
+                out.append(f"- `{r['subject']}` {r['line']}")
+        if s["plan"]:
+            out.append("\nWhat to run next (smallest n whose chance of success reaches 80% / 90%, if the pilot's mean and SD are the truth):\n")
+            rows = [[f"`{it['subject']}`", it["question"], f"{it['have']} {it['unit']}", _plan_cell(it, "80"), _plan_cell(it, "90")]
+                    for it in s["plan"]]
+            out.append(table(rows, ["subject", "to pass", "have", "80%", "90%"]))
+        cs_ = s["cost"]
+        if cs_ and cs_["runs_with_cost"]:
+            out.append("\n" + _cost_sentence(s, rate, res["settings"].get("usd_rate_source")))
+        out.append("")
+    if not out:
+        return "Nothing could be analysed."
+    fam = res["family"]
+    out.append(f"Decisions use Holm-adjusted p-values over the report's {len(fam)} test(s) (alpha {st.ALPHA:g}): better/worse "
+               "= significant difference; equivalent = the TOST shows the difference inside its margin "
+               + ("(val_loss: ±" + res["settings"]["equivalence"]["val_loss"] + " by default)" if res["settings"].get("equivalence_default_val_loss") else "")
+               + "; inconclusive = neither. Every table is below.")
+    return "\n".join(out).strip()
+
+
+def _cost_sentence(s, rate, source):
+    c = s["cost"]
+    parts = []
+    if c["gpu_hours"]:
+        parts.append(_hours(c["gpu_hours"], "GPU-hours"))
+    if c["cpu_hours"]:
+        parts.append(_hours(c["cpu_hours"], "CPU-hours"))
+    txt = f"Cost of stage `{s['name']}`: {' + '.join(parts)} over {c['runs_with_cost']} run(s)"
+    if c["usd"] is not None:
+        txt += f" = {_usd(c['usd'])} at ${rate:g} per GPU-hour ({source})"
+    elif c["gpu_hours"]:
+        txt += " (no dollar rate known: give --usd-per-gpu-hour or set USD_PER_GPU_HOUR)"
+    if c["estimated"]:
+        txt += f"; {c['estimated']} run(s) without a recorded cost estimated as wall_time_s x devices"
+    return txt + "."
+
+
+def cost_section(res):
+    rate, source = res["settings"].get("usd_per_gpu_hour"), res["settings"].get("usd_rate_source")
+    out = [f"Dollar rate: ${rate:g} per GPU-hour ({source}); CPU-hours are not priced." if rate is not None else
+           "Dollar rate: none given (--usd-per-gpu-hour, USD_PER_GPU_HOUR or experiment.json usd_per_gpu_hour), so no dollars."]
+    out.append("")
+    any_rows = False
+    for s in res["stages"]:
+        rows = []
+        for c in s["conditions"]:
+            cc = c["cost"]
+            if not cc or not cc["runs_with_cost"]:
+                continue
+            per = []
+            if cc["gpu_hours_per_run"] is not None:
+                per.append(_hours(cc["gpu_hours_per_run"], "GPU-h"))
+            if cc["cpu_hours_per_run"] is not None:
+                per.append(_hours(cc["cpu_hours_per_run"], "CPU-h"))
+            rows.append([c["name"], f"{cc['runs_with_cost']}/{cc['runs']}", ", ".join(per) or DASH,
+                         fmt(cc["gpu_hours"], 4) if cc["gpu_hours"] else DASH, fmt(cc["cpu_hours"], 4) if cc["cpu_hours"] else DASH,
+                         _usd(cc["usd"]) or DASH,
+                         (f"{len(cc['shared_runs'])} run(s), up to {cc['max_runs_sharing_node']} at once" if cc["shared_runs"] else "no")
+                         + (f"; {cc['estimated']} estimated" if cc["estimated"] else "")])
+        if not rows:
+            continue
+        any_rows = True
+        out.append(_stage_title(s, len(res["stages"]) > 1))
+        sc = s["cost"]
+        rows.append(["**stage total**", f"{sc['runs_with_cost']}/{sc['runs']}", DASH, fmt(sc["gpu_hours"], 4) if sc["gpu_hours"] else DASH,
+                     fmt(sc["cpu_hours"], 4) if sc["cpu_hours"] else DASH, _usd(sc["usd"]) or DASH, ""])
+        out.append(table(rows, ["condition", "runs with cost", "per run", "GPU-hours", "CPU-hours", "dollars", "node shared"]))
+        out.append("")
+    if not any_rows:
+        out.append("No run recorded its cost (summary.json `cost`, added by the runner) or a wall time to estimate it from.")
+    else:
+        out.append("Per run: the runner's summary.json `cost` (devices x wall seconds); runs without it are estimated as "
+                   "wall_time_s x the devices in their env. Every run's cost is in the appendix.")
+    return "\n".join(out).strip()
+
+
+def _shared_note(s, metric):
+    """Next to a time metric: which conditions' runs shared their node (packed runs)."""
+    if metric not in _TIME_METRICS:
+        return None
+    shared = [(c["name"], c["cost"]) for c in s["conditions"] if c.get("cost") and c["cost"]["shared_runs"]]
+    if not shared:
+        return None
+    return ("Packed runs: " + "; ".join(f"`{n}` {len(cc['shared_runs'])} run(s) shared the node with other runs "
+                                         f"(up to {cc['max_runs_sharing_node']} at once)" for n, cc in shared)
+            + f" - their `{metric}` includes contention for the node; use --no-pack runs for time comparisons.")
+
+
+# the escaping of strings from the logs: every string of a record except the fields below (text
+# this package writes itself, from numbers) is escaped for markdown and HTML before rendering
+_OWN_TEXT = {"verdict", "decision", "caveats", "line", "test", "ci_method", "method", "signflip_method",
+             "wilcoxon_method", "note", "assumption", "question", "unit", "hour_unit", "effect_name", "design",
+             "poi_kind", "margin_spec", "rule", "center", "outcome", "source"}
+
+
+def _escaped(obj, own=False):
+    if isinstance(obj, st.Record):
+        return type(obj)(**{f.name: _escaped(getattr(obj, f.name), f.name in _OWN_TEXT)
+                            for f in dataclasses.fields(obj)})
+    if isinstance(obj, dict):
+        return {(md(k) if isinstance(k, str) else k): _escaped(v, own or k in _OWN_TEXT) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_escaped(v, own) for v in obj]
+    if isinstance(obj, str):
+        return obj if own else md(obj)
+    return obj
+
+
 def render(template, res, rel_figs, files, date):
+    res = dict(res, stages=_escaped(res["stages"]), notes=_escaped(res.get("notes", [])),
+               family=_escaped(res.get("family", [])), settings=_escaped(res["settings"]))
+    rel_figs = _escaped(rel_figs)
+    files = [md(f) for f in files]
     stage_names = [s["name"] for s in res["stages"]]
     values = dict(
         title="Experiment report: " + ", ".join(stage_names) if stage_names else "Experiment report",
@@ -766,7 +957,8 @@ def render(template, res, rel_figs, files, date):
         executive_summary=executive_summary(res), design=design(res), data_quality=data_quality(res, rel_figs),
         descriptive=descriptive(res), training=training(res, rel_figs), methods="", comparisons=comparisons(res),
         sweeps=sweeps(res, rel_figs), interpretation=interpretation(res), limitations=limitations(res),
-        reproducibility=reproducibility(res, files), runs=runs_appendix(res))
+        reproducibility=reproducibility(res, files), runs=runs_appendix(res), decisions=decisions(res),
+        cost=cost_section(res))
     unknown = []
 
     def sub(m):

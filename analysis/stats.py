@@ -1,33 +1,67 @@
-"""Statistics for analyze.py: small pure functions on numpy arrays.
+"""Statistics for analyze.py: scipy.stats for every test it has, our own code only where it has none.
 
-Every function takes plain arrays (and, where it resamples, a numpy Generator and a number of
-resamples) and returns a dict of plain floats/ints/None. None means "not defined for this data"
-(one run, zero variance, ...); the caller turns it into a note, never into NaN in a table.
+scipy does: Shapiro-Wilk, Welch's and the paired and one-sample t-tests (with their confidence
+intervals), Mann-Whitney U, Wilcoxon signed-rank, permutation tests (exact enumeration when the
+number of splits is small), Brown-Forsythe/Levene, and the bootstrap (each sample resampled on its
+own, so a two-sample bootstrap is stratified). Written here because scipy has nothing for them:
+Holm's step-down adjustment, Hedges' g with its noncentral-t CI, power and runs needed, the
+probability of improvement (as a bootstrap statistic), and the curve helpers.
 
-Conventions used throughout:
+Our rules around scipy (tested in tests/test_stats.py):
+- every result is a small typed record (a dataclass); a value that is not defined for the data
+  (one run, zero variance, ...) is None, never NaN or inf;
 - a comparison is always `variant - baseline` (b = baseline sample, v = variant sample);
 - two-sided p-values of resampling tests are twice the smaller one-sided p-value, capped at 1;
-- resampling is vectorised: index/count matrices of shape (resamples, n), never a Python loop
-  over resamples (chunks bound the memory for large n).
+- a sample with no spread beyond rounding (relative 1e-12) is "deterministic": no test is run on
+  two such samples, and the exact difference is reported instead.
 """
-import itertools
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 from scipy import stats as sps
 
 ALPHA = 0.05
 EXACT_LIMIT = 200_000       # enumerate permutations/sign flips exactly up to this many
-_CHUNK_ELEMS = 4_000_000    # elements per resampling chunk (bounds memory, keeps speed)
+_BATCH_ELEMS = 4_000_000    # elements per bootstrap batch (bounds memory)
 
 
-def _num(x):
+class Record:
+    """Base of every result record: dict-style read access (r["p"], r.get("p")) for the report
+    templates, and to_json() for results.json."""
+
+    def __getitem__(self, key):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key, value):
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(f"{type(self).__name__} has no field {key!r}")
+        setattr(self, key, value)
+
+    def __contains__(self, key):
+        return key in {f.name for f in dataclasses.fields(self)}
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def num(x):
     """A finite float, or None (so that NaN/inf never leave this module)."""
     if x is None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+_num = num
 
 
 def is_constant(x):
@@ -38,141 +72,120 @@ def is_constant(x):
     return float(np.ptp(x)) <= 1e-12 * max(float(np.max(np.abs(x))), 1e-300)
 
 
-def _rel_tol(*arrays):
-    """Tolerance for "as extreme as observed" under floating-point rounding of sums."""
-    scale = max((float(np.max(np.abs(a))) for a in arrays if np.size(a)), default=1.0)
-    return 1e-12 * max(scale, 1.0) * 16
+def _batch(resamples, n):
+    return max(1, min(resamples, _BATCH_ELEMS // max(n, 1)))
 
 
-# ---------------------------------------------------------------------------------------------
-# bootstrap helpers
-# ---------------------------------------------------------------------------------------------
-
-def _chunks(resamples, n):
-    step = max(1, _CHUNK_ELEMS // max(n, 1))
-    for start in range(0, resamples, step):
-        yield min(step, resamples - start)
+def _percentile_bootstrap(samples, statistic, rng, resamples, level=0.95):
+    """scipy.stats.bootstrap, percentile method, each sample resampled on its own; (low, high)."""
+    n = sum(len(s) for s in samples)
+    res = sps.bootstrap(samples, statistic, n_resamples=resamples, batch=_batch(resamples, n), vectorized=True,
+                        method="percentile", confidence_level=level, rng=rng)
+    return num(res.confidence_interval.low), num(res.confidence_interval.high)
 
 
-def bootstrap_counts(rng, n, resamples):
-    """Multiplicity matrix (resamples, n): how often each observation is drawn in each resample."""
-    idx = rng.integers(0, n, size=(resamples, n))
-    flat = (idx + (np.arange(resamples) * n)[:, None]).ravel()
-    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+def _mean_stat(x, axis=-1):
+    return np.mean(x, axis=axis)
 
 
-def bootstrap_means(x, rng, resamples):
-    """Means of `resamples` bootstrap resamples of x (vectorised, chunked)."""
-    x = np.asarray(x, float)
-    out = []
-    for r in _chunks(resamples, len(x)):
-        out.append(x[rng.integers(0, len(x), size=(r, len(x)))].mean(axis=1))
-    return np.concatenate(out)
+def _diff_stat(v, b, axis=-1):
+    return np.mean(v, axis=axis) - np.mean(b, axis=axis)
 
 
-def percentile_ci(samples, level=0.95):
-    lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
-    return _num(lo), _num(hi)
+TIE_DIGITS = 9   # resampling statistics are compared after rounding to 1e-9 of the data's scale
+
+
+def _tie_safe(stat, *samples):
+    """stat, rounded to 1e-9 of the data's magnitude. Splits whose statistics are equal in exact
+    arithmetic (values recorded to 4 decimals, such as 3.3008 + 3.3012 vs 3.3010 + 3.3010) differ in
+    binary floating point by ~1e-16, far more than scipy's relative tolerance on a small observed
+    difference of means; rounding makes them ties again, as the exact test counts them."""
+    scale = max((float(np.max(np.abs(x))) for x in samples if len(x)), default=1.0) or 1.0
+    return lambda *a, axis=-1: np.round(stat(*a, axis=axis) / scale, TIE_DIGITS)
 
 
 # ---------------------------------------------------------------------------------------------
 # one sample
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class Description(Record):
+    n: int
+    mean: float = None
+    std: float = None
+    sem: float = None
+    ci_low: float = None
+    ci_high: float = None
+    median: float = None
+    min: float = None
+    max: float = None
+    p25: float = None
+    p75: float = None
+    p95: float = None
+    cv: float = None
+    boot_low: float = None
+    boot_high: float = None
+    shapiro_w: float = None
+    shapiro_p: float = None
+    deterministic: bool = False
+
+
 def describe(x, rng, resamples=10_000):
     """Descriptive statistics of one condition's values of one metric."""
     x = np.asarray(x, float)
     n = len(x)
-    out = dict(n=n, mean=None, std=None, sem=None, ci_low=None, ci_high=None, median=None,
-               min=None, max=None, p25=None, p75=None, p95=None, cv=None, boot_low=None,
-               boot_high=None, shapiro_w=None, shapiro_p=None, deterministic=False)
+    out = Description(n=n)
     if n == 0:
         return out
     mean = float(x.mean())
     p25, p50, p75, p95 = np.percentile(x, [25, 50, 75, 95])
-    out.update(mean=_num(mean), median=_num(p50), min=_num(x.min()), max=_num(x.max()),
-               p25=_num(p25), p75=_num(p75), p95=_num(p95))
+    out.mean, out.median, out.min, out.max = num(mean), num(p50), num(x.min()), num(x.max())
+    out.p25, out.p75, out.p95 = num(p25), num(p75), num(p95)
     if n < 2:
         return out
     if is_constant(x):
-        out.update(deterministic=True, std=0.0, sem=0.0, ci_low=mean, ci_high=mean, cv=0.0,
-                   boot_low=mean, boot_high=mean)
+        out.deterministic = True
+        out.std = out.sem = out.cv = 0.0
+        out.ci_low = out.ci_high = out.boot_low = out.boot_high = mean
         return out
+    t = sps.ttest_1samp(x, mean)
+    ci = t.confidence_interval(0.95)
     std = float(x.std(ddof=1))
-    sem = std / math.sqrt(n)
-    half = sps.t.ppf(0.975, n - 1) * sem
-    out.update(std=_num(std), sem=_num(sem), ci_low=_num(mean - half), ci_high=_num(mean + half),
-               cv=_num(std / abs(mean)) if mean != 0 else None)
-    out["boot_low"], out["boot_high"] = percentile_ci(bootstrap_means(x, rng, resamples))
+    out.std, out.sem = num(std), num(std / math.sqrt(n))
+    out.ci_low, out.ci_high = num(ci.low), num(ci.high)
+    out.cv = num(std / abs(mean)) if mean != 0 else None
+    out.boot_low, out.boot_high = _percentile_bootstrap((x,), _mean_stat, rng, resamples)
     if n >= 3:
-        w, p = shapiro_wilk(x)
-        out.update(shapiro_w=w, shapiro_p=p)
+        sw = sps.shapiro(x)
+        out.shapiro_w, out.shapiro_p = num(sw.statistic), num(sw.pvalue)
     return out
 
 
-def shapiro_wilk(x):
-    """Shapiro-Wilk W and p (Royston's approximation, as in AS R94); n >= 3, not constant."""
-    x = np.sort(np.asarray(x, float))
-    n = len(x)
-    if n < 3 or is_constant(x):
-        return None, None
-    if n > 5000:
-        return None, None
-    if n == 3:
-        a = np.array([-math.sqrt(0.5), 0.0, math.sqrt(0.5)])
-        w = (a @ x) ** 2 / np.sum((x - x.mean()) ** 2)
-        w = min(max(w, 0.75), 1.0)
-        p = 6.0 / math.pi * (math.asin(math.sqrt(w)) - math.asin(math.sqrt(0.75)))
-        return _num(w), _num(min(max(p, 0.0), 1.0))
-    i = np.arange(1, n + 1)
-    m = sps.norm.ppf((i - 0.375) / (n + 0.25))
-    mm = float(m @ m)
-    u = 1.0 / math.sqrt(n)
-    c1 = [0.0, 0.221157, -0.147981, -2.071190, 4.434685, -2.706056]
-    c2 = [0.0, 0.042981, -0.293762, -1.752461, 5.682633, -3.582633]
-    poly = lambda c, v: sum(ci * v ** k for k, ci in enumerate(c))
-    a = m / math.sqrt(mm)
-    an = poly(c1, u) + m[-1] / math.sqrt(mm)
-    if n > 5:
-        an1 = poly(c2, u) + m[-2] / math.sqrt(mm)
-        phi = (mm - 2 * m[-1] ** 2 - 2 * m[-2] ** 2) / (1 - 2 * an ** 2 - 2 * an1 ** 2)
-        a = m / math.sqrt(phi)
-        a[-1], a[-2], a[0], a[1] = an, an1, -an, -an1
-    else:
-        phi = (mm - 2 * m[-1] ** 2) / (1 - 2 * an ** 2)
-        a = m / math.sqrt(phi)
-        a[-1], a[0] = an, -an
-    w = float((a @ x) ** 2 / np.sum((x - x.mean()) ** 2))
-    w = min(w, 1.0)
-    if n <= 11:
-        gamma = -2.273 + 0.459 * n
-        mu = poly([0.5440, -0.39978, 0.025054, -6.714e-4], n)
-        sigma = math.exp(poly([1.3822, -0.77857, 0.062767, -0.0020322], n))
-        if math.log1p(-w) >= gamma:
-            return _num(w), 0.0
-        z = (-math.log(gamma - math.log1p(-w)) - mu) / sigma
-    else:
-        ln = math.log(n)
-        mu = poly([-1.5861, -0.31082, -0.083751, 0.0038915], ln)
-        sigma = math.exp(poly([-0.4803, -0.082676, 0.0030302], ln))
-        z = (math.log1p(-w) - mu) / sigma
-    return _num(w), _num(sps.norm.sf(z))
+@dataclass
+class OneSample(Record):
+    """One-sided one-sample t-test of H1: mean < target."""
+    n: int
+    target: float
+    mean: float = None
+    sd: float = None
+    t: float = None
+    df: int = None
+    p: float = None
+    deterministic: bool = False
 
 
 def one_sample_less(x, target):
-    """One-sample t-test of H1: mean(x) < target (the speedrun acceptance criterion)."""
+    """One-sample t-test of H1: mean(x) < target (the speedrun's main-track acceptance test)."""
     x = np.asarray(x, float)
     n = len(x)
-    out = dict(n=n, mean=_num(x.mean()) if n else None, target=float(target), t=None, df=None,
-               p=None, deterministic=False)
+    out = OneSample(n=n, target=float(target), mean=num(x.mean()) if n else None)
     if n < 2:
         return out
     if is_constant(x):
-        out["deterministic"] = True
+        out.deterministic, out.sd = True, 0.0
         return out
-    sd = float(x.std(ddof=1))
-    t = (x.mean() - target) / (sd / math.sqrt(n))
-    out.update(t=_num(t), df=n - 1, p=_num(sps.t.cdf(t, n - 1)))
+    r = sps.ttest_1samp(x, target, alternative="less")
+    out.sd, out.t, out.df, out.p = num(x.std(ddof=1)), num(r.statistic), n - 1, num(r.pvalue)
     return out
 
 
@@ -180,144 +193,116 @@ def one_sample_less(x, target):
 # two independent samples
 # ---------------------------------------------------------------------------------------------
 
-def welch(b, v, level=0.95):
-    """Welch's t-test of mean(v) - mean(b), with the Welch confidence interval of the difference."""
+@dataclass
+class TTest(Record):
+    """A t-test of a difference of means with its confidence interval (Welch or paired)."""
+    diff: float = None
+    t: float = None
+    df: float = None
+    p: float = None
+    ci_low: float = None
+    ci_high: float = None
+
+
+def welch(b, v, level=0.95, alternative="two-sided"):
+    """Welch's t-test of mean(v) - mean(b) (scipy.stats.ttest_ind, equal_var=False) and its CI."""
     b, v = np.asarray(b, float), np.asarray(v, float)
-    nb, nv = len(b), len(v)
-    diff = float(v.mean() - b.mean())
-    out = dict(diff=_num(diff), t=None, df=None, p=None, ci_low=None, ci_high=None, se=None)
-    if nb < 2 or nv < 2:
+    out = TTest(diff=num(v.mean() - b.mean()) if len(b) and len(v) else None)
+    if len(b) < 2 or len(v) < 2 or (is_constant(b) and is_constant(v)):
         return out
-    if is_constant(b) and is_constant(v):
-        return out
-    vb = 0.0 if is_constant(b) else b.var(ddof=1) / nb
-    vv = 0.0 if is_constant(v) else v.var(ddof=1) / nv
-    se2 = vb + vv
-    se = math.sqrt(se2)
-    df = se2 ** 2 / ((vb ** 2 / (nb - 1) if vb else 0.0) + (vv ** 2 / (nv - 1) if vv else 0.0))
-    t = diff / se
-    half = sps.t.ppf(0.5 + level / 2, df) * se
-    out.update(t=_num(t), df=_num(df), p=_num(2 * sps.t.sf(abs(t), df)), se=_num(se),
-               ci_low=_num(diff - half), ci_high=_num(diff + half))
+    r = sps.ttest_ind(v, b, equal_var=False, alternative=alternative)
+    ci = r.confidence_interval(level)
+    out.t, out.df, out.p, out.ci_low, out.ci_high = num(r.statistic), num(r.df), num(r.pvalue), num(ci.low), num(ci.high)
     return out
+
+
+@dataclass
+class Tost(Record):
+    """Two one-sided Welch tests: H1 low < mean(v) - mean(b) < high; p is the larger one-sided p."""
+    low: float
+    high: float
+    diff: float = None
+    p_lower: float = None
+    p_upper: float = None
+    p: float = None
+    ci90_low: float = None
+    ci90_high: float = None
+    deterministic: bool = False
+    within: bool = None
+    margin: float = None
+    margin_spec: str = None
+    p_holm: float = None
+    significant: bool = None
 
 
 def tost(b, v, low, high):
-    """Two one-sided Welch tests: H1 low < mean(v) - mean(b) < high. p = max of the two."""
     b, v = np.asarray(b, float), np.asarray(v, float)
     w = welch(b, v, level=0.90)
-    out = dict(low=float(low), high=float(high), diff=w["diff"], p_lower=None, p_upper=None,
-               p=None, ci90_low=w["ci_low"], ci90_high=w["ci_high"], deterministic=False,
-               within=None)
-    if w["se"] is None:
-        if len(b) >= 2 and len(v) >= 2 and w["diff"] is not None:
-            out["deterministic"] = True
-            out["within"] = bool(low < w["diff"] < high)
+    out = Tost(low=float(low), high=float(high), diff=w.diff, ci90_low=w.ci_low, ci90_high=w.ci_high)
+    if w.p is None:
+        if len(b) >= 2 and len(v) >= 2 and w.diff is not None:
+            out.deterministic, out.within = True, bool(low < w.diff < high)
         return out
-    se, df, diff = w["se"], w["df"], w["diff"]
-    p_lo = sps.t.sf((diff - low) / se, df)      # H0: diff <= low
-    p_hi = sps.t.cdf((diff - high) / se, df)    # H0: diff >= high
-    out.update(p_lower=_num(p_lo), p_upper=_num(p_hi), p=_num(max(p_lo, p_hi)))
+    p_lo = sps.ttest_ind(v - low, b, equal_var=False, alternative="greater").pvalue   # H0: diff <= low
+    p_hi = sps.ttest_ind(v - high, b, equal_var=False, alternative="less").pvalue     # H0: diff >= high
+    out.p_lower, out.p_upper, out.p = num(p_lo), num(p_hi), num(max(p_lo, p_hi))
+    out.within = bool(low < out.ci90_low and out.ci90_high < high)
     return out
 
 
-def _rank(x):
-    """Average ranks (1-based) and the tie-group sizes."""
-    x = np.asarray(x, float)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new = np.r_[True, xs[1:] != xs[:-1]]
-    group = np.cumsum(new) - 1
-    starts = np.flatnonzero(new)
-    counts = np.diff(np.r_[starts, len(x)])
-    avg = starts + (counts + 1) / 2.0
-    ranks = np.empty(len(x))
-    ranks[order] = avg[group]
-    return ranks, counts
-
-
-def _u_null_counts(n1, n2):
-    """Number of arrangements giving each U in 0..n1*n2 (no ties): the Gaussian binomial."""
-    size = n1 * n2 + 1
-    poly = np.zeros(size)
-    poly[0] = 1.0
-    for i in range(1, n1 + 1):
-        # multiply by (1 - q^(n2+i)), then divide by (1 - q^i) (a strided cumulative sum)
-        shifted = np.zeros(size)
-        shifted[n2 + i:] = poly[: size - n2 - i]
-        poly = poly - shifted
-        for r in range(i):
-            poly[r::i] = np.cumsum(poly[r::i])
-    return poly
+@dataclass
+class RankTest(Record):
+    """Mann-Whitney U (u = U of the variant) or Wilcoxon signed-rank (w); method as scipy chose it."""
+    u: float = None
+    w: float = None
+    p: float = None
+    method: str = None
+    n: int = None
 
 
 def mann_whitney(b, v):
-    """Mann-Whitney U test (U of the variant); exact null when a sample has <= 8 runs and no ties,
-    else the normal approximation with tie and continuity corrections."""
+    """scipy.stats.mannwhitneyu, two-sided, method 'auto': exact when a sample has <= 8 runs and
+    there are no ties, else the normal approximation with tie and continuity corrections."""
     b, v = np.asarray(b, float), np.asarray(v, float)
-    nb, nv = len(b), len(v)
-    out = dict(u=None, p=None, method=None)
-    if nb < 1 or nv < 1:
+    out = RankTest()
+    if len(b) < 1 or len(v) < 1:
         return out
-    ranks, ties = _rank(np.r_[v, b])
-    u_v = float(ranks[:nv].sum() - nv * (nv + 1) / 2)
-    u_b = nv * nb - u_v
-    u_max = max(u_v, u_b)
-    has_ties = bool(np.any(ties > 1))
-    out["u"] = u_v
-    if (nv <= 8 or nb <= 8) and not has_ties:
-        counts = _u_null_counts(min(nv, nb), max(nv, nb))
-        sf = counts[int(round(u_max)):].sum() / counts.sum()
-        out.update(p=_num(min(1.0, 2 * sf)), method="exact")
-        return out
-    n = nb + nv
-    mu = nb * nv / 2
-    s = math.sqrt(nb * nv / 12 * ((n + 1) - np.sum(ties ** 3 - ties) / (n * (n - 1))))
-    if s == 0:
-        return out
-    z = (u_max - mu - 0.5) / s
-    out.update(p=_num(min(1.0, 2 * sps.norm.sf(z))), method="normal approximation")
+    pooled = np.r_[b, v]
+    if is_constant(pooled) and len(pooled) > 1:
+        return out   # every value tied: no ranking information
+    r = sps.mannwhitneyu(v, b, alternative="two-sided", method="auto")
+    ties = len(np.unique(pooled)) < len(pooled)
+    out.u, out.p = num(r.statistic), num(r.pvalue)
+    out.method = "exact" if (min(len(b), len(v)) <= 8 and not ties) else "normal approximation"
     return out
 
 
-def _two_sided_from_null(null, observed, tol):
-    p_less = np.count_nonzero(null <= observed + tol)
-    p_greater = np.count_nonzero(null >= observed - tol)
-    return p_less, p_greater
+@dataclass
+class Permutation(Record):
+    p: float = None
+    method: str = None
+    splits: int = None
+    min_p: float = None
+    resamples: int = None
 
 
 def permutation_test(b, v, rng, resamples=10_000, limit=EXACT_LIMIT):
-    """Permutation test of the difference of means. Exact (every split enumerated) when the number
-    of splits C(n, n_v) <= limit, else Monte Carlo with `resamples` random splits."""
+    """scipy.stats.permutation_test of the difference of means: exact (every split enumerated)
+    when C(n, n_v) <= limit, else Monte Carlo with `resamples` random splits."""
     b, v = np.asarray(b, float), np.asarray(v, float)
-    nb, nv = len(b), len(v)
-    out = dict(p=None, method=None, splits=None, min_p=None, resamples=None)
-    if nb < 1 or nv < 1:
+    out = Permutation()
+    if len(b) < 1 or len(v) < 1:
         return out
-    x = np.r_[v, b]
-    n, total = len(x), float(x.sum())
-    obs_sum_v = float(v.sum())
-    splits = math.comb(n, nv)
-    tol = _rel_tol(x) * n
-    if splits <= limit:
-        k = min(nv, nb)
-        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)),
-                             dtype=np.intp, count=splits * k).reshape(splits, k)
-        sums = x[combos].sum(axis=1)
-        sum_v = sums if k == nv else total - sums
-        lo, hi = _two_sided_from_null(sum_v, obs_sum_v, tol)
-        p = min(1.0, 2 * min(lo, hi) / splits)
-        out.update(p=p, method="exact", splits=splits, min_p=min(1.0, 2 / splits))
-        return out
-    lo = hi = 0
-    for r in _chunks(resamples, n):
-        perm = rng.permuted(np.broadcast_to(x, (r, n)), axis=1)
-        sum_v = perm[:, :nv].sum(axis=1)
-        a, c = _two_sided_from_null(sum_v, obs_sum_v, tol)
-        lo, hi = lo + a, hi + c
-    p = min(1.0, 2 * (min(lo, hi) + 1) / (resamples + 1))
-    out.update(p=p, method="monte carlo", splits=splits, resamples=resamples,
-               min_p=min(1.0, 2 / (resamples + 1)))
+    splits = math.comb(len(b) + len(v), len(v))
+    exact = splits <= limit
+    r = sps.permutation_test((v, b), _tie_safe(_diff_stat, v, b), permutation_type="independent", vectorized=True,
+                             n_resamples=np.inf if exact else resamples, alternative="two-sided", rng=rng,
+                             batch=_batch(splits if exact else resamples, len(b) + len(v)))
+    out.p, out.splits = num(min(1.0, r.pvalue)), splits
+    if exact:
+        out.method, out.min_p = "exact", min(1.0, 2 / splits)
+    else:
+        out.method, out.resamples, out.min_p = "monte carlo", resamples, min(1.0, 2 / (resamples + 1))
     return out
 
 
@@ -327,7 +312,9 @@ def hedges_j(df):
 
 
 def _nct_ci(t_obs, df, level):
-    """Noncentrality parameters whose noncentral-t puts t_obs at the two tail quantiles."""
+    """Noncentrality parameters whose noncentral t puts t_obs at the two tail quantiles."""
+    from scipy import optimize
+
     def solve(q):
         f = lambda ncp: sps.nct.cdf(t_obs, df, ncp) - q
         lo, hi = t_obs - 10, t_obs + 10
@@ -339,19 +326,30 @@ def _nct_ci(t_obs, df, level):
     return solve(0.5 + level / 2), solve(0.5 - level / 2)
 
 
+@dataclass
+class Effect(Record):
+    d: float = None
+    g: float = None
+    d_low: float = None
+    d_high: float = None
+    g_low: float = None
+    g_high: float = None
+    ci_method: str = None
+    pooled_sd: float = None
+
+
 def effect_size(b, v, level=0.95):
     """Cohen's d (pooled SD) and Hedges' g = J d, each with a CI from inverting the noncentral t
-    (falling back to the large-sample normal approximation when that cannot be solved)."""
+    (the large-sample normal approximation when that cannot be solved). scipy has no effect sizes."""
     b, v = np.asarray(b, float), np.asarray(v, float)
     nb, nv = len(b), len(v)
-    out = dict(d=None, g=None, d_low=None, d_high=None, g_low=None, g_high=None, ci_method=None,
-               pooled_sd=None)
+    out = Effect()
     if nb < 2 or nv < 2:
         return out
     df = nb + nv - 2
     sp = math.sqrt(((nb - 1) * b.var(ddof=1) + (nv - 1) * v.var(ddof=1)) / df)
     if is_constant(b) and is_constant(v):
-        out["pooled_sd"] = 0.0
+        out.pooled_sd = 0.0
         return out
     d = float(v.mean() - b.mean()) / sp
     j = hedges_j(df)
@@ -365,60 +363,68 @@ def effect_size(b, v, level=0.95):
         se = math.sqrt((nb + nv) / (nb * nv) + d * d / (2 * (nb + nv)))
         z = sps.norm.ppf(0.5 + level / 2)
         d_lo, d_hi, method = d - z * se, d + z * se, "normal approximation"
-    out.update(d=_num(d), g=_num(j * d), d_low=_num(d_lo), d_high=_num(d_hi), g_low=_num(j * d_lo),
-               g_high=_num(j * d_hi), ci_method=method, pooled_sd=_num(sp))
+    out.d, out.g, out.d_low, out.d_high = num(d), num(j * d), num(d_lo), num(d_hi)
+    out.g_low, out.g_high, out.ci_method, out.pooled_sd = num(j * d_lo), num(j * d_hi), method, num(sp)
     return out
+
+
+def probability_of_improvement(b, v, higher_better=None):
+    """P(a random variant run beats a random baseline run), ties count one half; for a metric
+    without a direction, P(variant > baseline). Works along the last axis (bootstrap batches)."""
+    b, v = np.asarray(b, float), np.asarray(v, float)
+    nb, nv = b.shape[-1], v.shape[-1]
+    ranks = sps.rankdata(np.concatenate([v, np.broadcast_to(b, v.shape[:-1] + (nb,))], axis=-1), axis=-1)
+    greater = (ranks[..., :nv].sum(axis=-1) - nv * (nv + 1) / 2) / (nv * nb)   # Mann-Whitney U / (nv nb)
+    return 1.0 - greater if higher_better is False else greater
+
+
+@dataclass
+class Bootstrap(Record):
+    diff: float = None
+    diff_low: float = None
+    diff_high: float = None
+    poi: float = None
+    poi_low: float = None
+    poi_high: float = None
+    poi_kind: str = None
 
 
 def stratified_bootstrap(b, v, rng, resamples=10_000, higher_better=None, level=0.95):
-    """Bootstrap that resamples within each group (so no resample ever lacks a group):
-    CI of the difference of means and of the probability of improvement.
-
-    Probability of improvement = P(a random variant run beats a random baseline run), ties count
-    one half; for metrics without a direction it is P(variant > baseline)."""
+    """Percentile CIs of the difference of means and of the probability of improvement, from
+    scipy.stats.bootstrap resampling each condition on its own (no resample ever lacks a group)."""
     b, v = np.asarray(b, float), np.asarray(v, float)
-    nb, nv = len(b), len(v)
-    out = dict(diff=None, diff_low=None, diff_high=None, poi=None, poi_low=None, poi_high=None,
-               poi_kind=None)
-    if nb < 1 or nv < 1:
+    out = Bootstrap()
+    if len(b) < 1 or len(v) < 1:
         return out
-    gt = (v[:, None] > b[None, :]).astype(float) + 0.5 * (v[:, None] == b[None, :])
-    lower_is_better = higher_better is False
-    wins = 1.0 - gt if lower_is_better else gt
-    out.update(diff=_num(v.mean() - b.mean()), poi=_num(wins.mean()),
-               poi_kind="P(variant better)" if higher_better is not None else "P(variant > baseline)")
-    if nb < 2 or nv < 2:
+    out.diff = num(v.mean() - b.mean())
+    out.poi = num(probability_of_improvement(b, v, higher_better))
+    out.poi_kind = "P(variant better)" if higher_better is not None else "P(variant > baseline)"
+    if len(b) < 2 or len(v) < 2:
         return out
-    diffs, pois = [], []
-    for r in _chunks(resamples, nb + nv + nb * nv // 4):
-        cv = bootstrap_counts(rng, nv, r)
-        cb = bootstrap_counts(rng, nb, r)
-        diffs.append(cv @ v / nv - cb @ b / nb)
-        pois.append(np.einsum("ij,ij->i", cv @ wins, cb) / (nv * nb))
-    out["diff_low"], out["diff_high"] = percentile_ci(np.concatenate(diffs), level)
-    out["poi_low"], out["poi_high"] = percentile_ci(np.concatenate(pois), level)
+    both = lambda vv, bb, axis=-1: np.stack([_diff_stat(vv, bb), probability_of_improvement(bb, vv, higher_better)])
+    res = sps.bootstrap((v, b), both, n_resamples=resamples, batch=_batch(resamples, len(v) + len(b)), vectorized=True,
+                        method="percentile", confidence_level=level, rng=rng)
+    lo, hi = res.confidence_interval
+    out.diff_low, out.diff_high, out.poi_low, out.poi_high = num(lo[0]), num(hi[0]), num(lo[1]), num(hi[1])
     return out
 
 
+@dataclass
+class Levene(Record):
+    stat: float = None
+    p: float = None
+    center: str = "median"
+
+
 def levene(*groups, center="median"):
-    """Levene's test for equal variances; center='median' is the Brown-Forsythe variant."""
+    """scipy.stats.levene; center='median' is the Brown-Forsythe variant."""
     groups = [np.asarray(g, float) for g in groups]
-    k = len(groups)
-    out = dict(stat=None, p=None, center=center)
-    if k < 2 or any(len(g) < 2 for g in groups) or all(is_constant(g) for g in groups):
+    out = Levene(center=center)
+    if len(groups) < 2 or any(len(g) < 2 for g in groups) or all(is_constant(g) for g in groups):
         return out
-    cen = np.median if center == "median" else np.mean
-    z = [np.abs(g - cen(g)) for g in groups]
-    n = np.array([len(g) for g in groups], float)
-    zbar = np.array([zi.mean() for zi in z])
-    big_n = n.sum()
-    grand = float(np.sum(n * zbar) / big_n)
-    between = float(np.sum(n * (zbar - grand) ** 2))
-    within = float(sum(np.sum((zi - zb) ** 2) for zi, zb in zip(z, zbar)))
-    if within == 0:
-        return out
-    w = (big_n - k) / (k - 1) * between / within
-    out.update(stat=_num(w), p=_num(sps.f.sf(w, k - 1, big_n - k)))
+    with np.errstate(invalid="ignore", divide="ignore"):   # no spread around the centres: undefined (None)
+        r = sps.levene(*groups, center=center)
+    out.stat, out.p = num(r.statistic), num(r.pvalue)
     return out
 
 
@@ -426,98 +432,78 @@ def levene(*groups, center="median"):
 # paired samples (runs of two conditions sharing a seed)
 # ---------------------------------------------------------------------------------------------
 
-def _signed_rank_null(n):
-    """Counts of each signed-rank sum 0..n(n+1)/2 under H0 (no ties, no zeros)."""
-    counts = np.zeros(n * (n + 1) // 2 + 1)
-    counts[0] = 1
-    for i in range(1, n + 1):
-        counts[i:] = counts[i:] + counts[:-i].copy()
-    return counts
-
-
-def _sign_matrix(n):
-    return ((np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1) * 2.0 - 1.0
-
-
-def wilcoxon(d, rng=None, resamples=10_000, limit=EXACT_LIMIT):
-    """Wilcoxon signed-rank test on paired differences d (zeros dropped). Exact null without ties
-    (n <= 50); with ties, exact sign-flip enumeration when 2^n <= limit; else the normal
-    approximation with the tie correction."""
+def wilcoxon(d):
+    """scipy.stats.wilcoxon on paired differences (zeros dropped), method 'auto': exact without
+    ties or zeros up to 50 pairs; with ties or zeros, every sign flip up to 13 pairs; else normal."""
     d = np.asarray(d, float)
-    d = d[d != 0]
-    n = len(d)
-    out = dict(w=None, p=None, method=None, n=n)
-    if n == 0:
+    nz = d[d != 0]
+    out = RankTest(n=len(nz))
+    if len(nz) == 0:
         return out
-    ranks, ties = _rank(np.abs(d))
-    r_plus = float(ranks[d > 0].sum())
-    out["w"] = min(r_plus, n * (n + 1) / 2 - r_plus)
-    has_ties = bool(np.any(ties > 1))
-    if not has_ties and n <= 50:
-        counts = _signed_rank_null(n)
-        total = counts.sum()
-        sf = counts[int(math.floor(r_plus)):].sum() / total
-        cdf = counts[: int(math.ceil(r_plus)) + 1].sum() / total
-        out.update(p=_num(min(1.0, 2 * min(sf, cdf))), method="exact")
-        return out
-    if 2 ** n <= limit:
-        signs = _sign_matrix(n)
-        null = (signs > 0) @ ranks
-        lo, hi = _two_sided_from_null(null, r_plus, 1e-9)
-        out.update(p=_num(min(1.0, 2 * min(lo, hi) / len(null))), method="exact (sign flips)")
-        return out
-    mn = n * (n + 1) / 4
-    se = math.sqrt((n * (n + 1) * (2 * n + 1) - np.sum(ties ** 3 - ties) / 2) / 24)
-    z = (r_plus - mn) / se
-    out.update(p=_num(2 * sps.norm.sf(abs(z))), method="normal approximation")
+    r = sps.wilcoxon(d, zero_method="wilcox", method="auto")
+    ties = len(np.unique(np.abs(nz))) < len(nz) or len(nz) < len(d)
+    out.w, out.p = num(r.statistic), num(r.pvalue)
+    out.method = ("exact" if not ties and len(d) <= 50 else
+                  "exact (sign flips)" if ties and len(d) <= 13 else "normal approximation")
     return out
 
 
+@dataclass
+class Paired(Record):
+    n: int
+    mean_diff: float = None
+    t: float = None
+    df: int = None
+    p_t: float = None
+    ci_low: float = None
+    ci_high: float = None
+    wilcoxon_p: float = None
+    wilcoxon_method: str = None
+    signflip_p: float = None
+    signflip_method: str = None
+    signflip_min_p: float = None
+    boot_low: float = None
+    boot_high: float = None
+    dz: float = None
+    deterministic: bool = False
+    power: float = None
+    runs_needed: int = None
+
+
 def paired(b, v, rng, resamples=10_000, limit=EXACT_LIMIT, level=0.95):
-    """Paired analysis of v - b (same seeds): paired t, Wilcoxon, exact sign-flip permutation test
-    on the mean difference, paired bootstrap CI of the mean difference, and paired Cohen's d_z."""
+    """Paired analysis of v - b (same seeds): paired t (scipy.stats.ttest_rel) with its CI,
+    Wilcoxon, the sign-flip permutation test of the mean difference (exact when 2^n <= limit),
+    the bootstrap CI of the mean difference, and Cohen's d_z."""
     b, v = np.asarray(b, float), np.asarray(v, float)
     d = v - b
     n = len(d)
-    out = dict(n=n, mean_diff=_num(d.mean()) if n else None, t=None, df=None, p_t=None,
-               ci_low=None, ci_high=None, wilcoxon_p=None, wilcoxon_method=None,
-               signflip_p=None, signflip_method=None, signflip_min_p=None,
-               boot_low=None, boot_high=None, dz=None, deterministic=False)
+    out = Paired(n=n, mean_diff=num(d.mean()) if n else None)
     if n < 2:
         return out
-    sd = float(d.std(ddof=1))
-    if is_constant(d) or sd <= 1e-12 * max(float(np.max(np.abs(v))), float(np.max(np.abs(b))), 1e-300):
-        out.update(deterministic=True, ci_low=out["mean_diff"], ci_high=out["mean_diff"],
-                   boot_low=out["mean_diff"], boot_high=out["mean_diff"])
+    scale = max(float(np.max(np.abs(v))), float(np.max(np.abs(b))), 1e-300)
+    if is_constant(d) or float(d.std(ddof=1)) <= 1e-12 * scale:
+        out.deterministic = True
+        out.ci_low = out.ci_high = out.boot_low = out.boot_high = out.mean_diff
         return out
-    se = sd / math.sqrt(n)
-    t = d.mean() / se
-    half = sps.t.ppf(0.5 + level / 2, n - 1) * se
-    out.update(t=_num(t), df=n - 1, p_t=_num(2 * sps.t.sf(abs(t), n - 1)),
-               ci_low=_num(d.mean() - half), ci_high=_num(d.mean() + half), dz=_num(d.mean() / sd))
-    wx = wilcoxon(d, rng, resamples, limit)
-    out.update(wilcoxon_p=wx["p"], wilcoxon_method=wx["method"])
-    tol = _rel_tol(d) * n
-    obs = float(d.sum())
-    if 2 ** n <= limit:
-        null = _sign_matrix(n) @ d
-        lo, hi = _two_sided_from_null(null, obs, tol)
-        out.update(signflip_p=min(1.0, 2 * min(lo, hi) / len(null)), signflip_method="exact",
-                   signflip_min_p=min(1.0, 2 / 2 ** n))
-    else:
-        lo = hi = 0
-        for r in _chunks(resamples, n):
-            null = (rng.integers(0, 2, size=(r, n)) * 2.0 - 1.0) @ d
-            a, c = _two_sided_from_null(null, obs, tol)
-            lo, hi = lo + a, hi + c
-        out.update(signflip_p=min(1.0, 2 * (min(lo, hi) + 1) / (resamples + 1)),
-                   signflip_method="monte carlo", signflip_min_p=min(1.0, 2 / (resamples + 1)))
-    out["boot_low"], out["boot_high"] = percentile_ci(bootstrap_means(d, rng, resamples), level)
+    r = sps.ttest_rel(v, b)
+    ci = r.confidence_interval(level)
+    out.t, out.df, out.p_t, out.ci_low, out.ci_high = num(r.statistic), n - 1, num(r.pvalue), num(ci.low), num(ci.high)
+    out.dz = num(d.mean() / d.std(ddof=1))
+    wx = wilcoxon(d)
+    out.wilcoxon_p, out.wilcoxon_method = wx.p, wx.method
+    exact = 2 ** n <= limit
+    sf = sps.permutation_test((d,), _tie_safe(_mean_stat, d), permutation_type="samples", vectorized=True,
+                              n_resamples=np.inf if exact else resamples, alternative="two-sided", rng=rng,
+                              batch=_batch(2 ** n if exact else resamples, n))
+    out.signflip_p = num(min(1.0, sf.pvalue))
+    out.signflip_method = "exact" if exact else "monte carlo"
+    out.signflip_min_p = min(1.0, 2 / 2 ** n) if exact else min(1.0, 2 / (resamples + 1))
+    out.boot_low, out.boot_high = _percentile_bootstrap((d,), _mean_stat, rng, resamples, level)
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# power
+# power (scipy has no power analysis)
 # ---------------------------------------------------------------------------------------------
 
 def power_two_sample(d, n1, n2, alpha=ALPHA):
@@ -537,14 +523,9 @@ def power_paired(dz, n, alpha=ALPHA):
     return sps.nct.sf(tc, df, ncp) + sps.nct.cdf(-tc, df, ncp)
 
 
-def runs_needed(d, power=0.8, alpha=ALPHA, paired_design=False, cap=10 ** 7):
-    """Smallest n per condition (pairs, if paired) giving `power` at effect d; None if d == 0,
-    cap if more than cap would be needed."""
-    if d is None or d == 0 or not math.isfinite(d):
-        return None
-    f = (lambda n: power_paired(d, n, alpha)) if paired_design else \
-        (lambda n: power_two_sample(d, n, n, alpha))
-    lo, hi = 2, 2
+def smallest_n(f, power, start=2, cap=10 ** 7):
+    """Smallest integer n >= start with f(n) >= power (f increasing in n); cap if beyond cap."""
+    lo = hi = start
     while f(hi) < power:
         lo, hi = hi, hi * 2
         if hi > cap:
@@ -558,6 +539,35 @@ def runs_needed(d, power=0.8, alpha=ALPHA, paired_design=False, cap=10 ** 7):
         else:
             lo = mid
     return int(hi)
+
+
+def runs_needed(d, power=0.8, alpha=ALPHA, paired_design=False, cap=10 ** 7):
+    """Smallest n per condition (pairs, if paired) giving `power` at effect d; None if d == 0,
+    cap if more than cap would be needed."""
+    if d is None or d == 0 or not math.isfinite(d):
+        return None
+    f = (lambda n: power_paired(d, n, alpha)) if paired_design else \
+        (lambda n: power_two_sample(d, n, n, alpha))
+    return smallest_n(f, power, 2, cap)
+
+
+@dataclass
+class Power(Record):
+    effect: float = None
+    effect_name: str = "|g|"
+    design: str = "two-sample"
+    achieved: float = None
+    runs_needed: int = None
+
+
+@dataclass
+class Primary(Record):
+    test: str
+    p: float = None
+    ci_low: float = None
+    ci_high: float = None
+    p_holm: float = None
+    significant: bool = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,8 +617,9 @@ def mean_sd(mat):
 
 
 def gap_ci(mat_b, mat_v, level=0.95):
-    """Gap (variant - baseline) of the means at every grid column, with a Welch t-interval;
-    columns where either side has < 2 runs get NaN bounds."""
+    """Gap (variant - baseline) of the means at every grid column, with a Welch t-interval computed
+    for all columns at once (runs missing a column are left out of it); columns where either side
+    has < 2 runs get NaN bounds."""
     nb, mb, sb = mean_sd(mat_b)
     nv, mv, sv = mean_sd(mat_v)
     gap = mv - mb

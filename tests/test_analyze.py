@@ -64,8 +64,9 @@ def test_known_effect_is_significant_and_null_is_not(tmp_path):
     assert eff["bootstrap"]["diff_low"] > 0
     null = comparison(res, "same", "val_loss", "null")
     assert not null["primary"]["significant"] and not null["verdict"].startswith("significant")
-    # one Holm family over both stages: 2 stages x 1 variant x 2 metrics
-    assert len(res["family"]) == 4
+    # one Holm family over both stages: 2 stages x 1 variant x (2 metrics + the default val_loss TOST)
+    assert len(res["family"]) == 6
+    assert sorted(f["test"] for f in res["family"] if f["stage"] == "null") == ["TOST +-0.001", "paired t", "paired t"]
     assert "`val_loss`: significantly worse" in text
     assert "Holm-adjusted" in text
 
