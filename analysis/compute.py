@@ -40,7 +40,7 @@ def metric_sort_key(m):
 
 
 def rng_for(seed, *key):
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32("\x1f".join(map(str, key)).encode())])
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32("\x1f".join(map(str, key)).encode("utf-8", "surrogateescape"))])
 
 
 def parse_equivalence(specs):
