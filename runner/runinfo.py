@@ -1,24 +1,14 @@
-"""Run-directory bookkeeping for run_experiments.sh: read and write summary.json and experiment.json.
+"""Run-directory bookkeeping: read and write summary.json (with the runner's cost) and experiment.json.
 
-This helper never imports torch and never starts a training process: the runner's rule is that no
-process that imported torch launches the workers (a launcher that had initialised CUDA broke every GPU
-worker of the seed study), and that CUDA_VISIBLE_DEVICES is fixed by the shell before any Python starts.
-The file formats are docs/RUN_FORMAT.md.
-
-    python runner/runinfo.py status RUN_DIR          # ok | diverged | ... | none | corrupt
-    python runner/runinfo.py describe RUN_DIR        # status<TAB>val_loss<TAB>wall_s<TAB>error
-    python runner/runinfo.py finish RUN_DIR --exit-code N --elapsed S [--timeout S] [--interrupted] ...
-    python runner/runinfo.py experiment VARIANT_DIR --stage ... -- TRAINER_ARGS   # write/merge experiment.json
-    python runner/runinfo.py table ROWS_TSV          # the end-of-stage table
+Never imports torch and never starts a training process. The file formats are docs/RUN_FORMAT.md;
+the "cost" entry the runner adds to every summary is docs/runner.md's cost contract.
 """
-import argparse
 import datetime
 import json
 import os
 import re
 import socket
 import subprocess
-import sys
 
 SCHEMA = 1
 STATUSES = ("ok", "diverged", "oom", "failed", "timeout", "interrupted")
@@ -126,13 +116,10 @@ def git_info(repo):
     return commit, (None if porcelain is None else bool(porcelain))
 
 
-# ----------------------------------------------------------------------------- subcommands
-
-def cmd_status(a):
-    print(status_of(a.run_dir))
-
+# ----------------------------------------------------------------------------- what a run left
 
 def describe(run_dir):
+    """(status, val_loss text, wall_s text, one-line error) of a run directory's summary."""
     s, state = load_summary(run_dir)
     if s is None:
         return state, "", "", ""
@@ -145,21 +132,19 @@ def describe(run_dir):
             f"{wall:.1f}" if isinstance(wall, (int, float)) else "", " ".join(str(err).split()))
 
 
-SEP = "\x1f"  # the runner reads these fields with bash's read, which would merge empty tab-separated ones
+def cost_of(run_dir):
+    """The summary's "cost" entry, or None."""
+    s, _ = load_summary(run_dir)
+    c = s.get("cost") if s is not None else None
+    return c if isinstance(c, dict) and isinstance(c.get("device_seconds"), (int, float)) else None
 
 
-def cmd_describe(a):
-    print(SEP.join(describe(a.run_dir)))
-
-
-def cmd_finish(a):
-    """After a run: make sure summary.json exists and says what happened; print describe()'s line."""
-    run_dir = a.run_dir
+def finish(run_dir, *, log="", exit_code, elapsed, timeout=0.0, interrupted=False, script="", variant="",
+           seed=None, repo=""):
+    """After a run: make sure summary.json exists and says what happened; returns describe()."""
     path = os.path.join(run_dir, "summary.json")
-    lines = read_log_lines(a.log) if a.log else []
-    if a.t0 and a.t1:  # precise wall time from the runner's clock readings around the run
-        a.elapsed = float(a.t1.replace(",", ".")) - float(a.t0.replace(",", "."))
-    timed_out = a.timeout > 0 and (a.exit_code in (124, 137) or a.elapsed >= a.timeout) and not a.interrupted
+    lines = read_log_lines(log) if log else []
+    timed_out = timeout > 0 and (exit_code in (124, 137) or elapsed >= timeout) and not interrupted
     s, state = load_summary(run_dir)
     if state == "corrupt":  # keep the unreadable file, write ours beside it
         os.replace(path, os.path.join(run_dir, f"summary.corrupt-{utc_stamp()}.json"))
@@ -169,42 +154,60 @@ def cmd_finish(a):
             # The trainer saw a SIGTERM; the runner knows it was the time limit. Keep what the trainer said.
             s["trainer_status"], s["trainer_error"] = s["status"], s.get("error")
             s["status"] = "timeout"
-            s["error"] = f"timed out after {a.timeout:g} s (--timeout); the trainer said: {s.get('error')}"
+            s["error"] = f"timed out after {timeout:g} s (--timeout); the trainer said: {s.get('error')}"
             atomic_write_json(path, s)
-        print(SEP.join(describe(run_dir)))
-        return
+        return describe(run_dir)
     step, total, val = log_progress(lines)
     if timed_out:
-        status, err = "timeout", f"timed out after {a.timeout:g} s (--timeout {a.timeout:g})"
-    elif a.interrupted:
+        status, err = "timeout", f"timed out after {timeout:g} s (--timeout {timeout:g})"
+    elif interrupted:
         status, err = "interrupted", "stopped by the runner (Ctrl-C or SIGTERM) before it wrote a summary"
     else:
         status = "failed"
         why = last_error_line(lines) or "no output"
-        if a.exit_code == 0:
+        if exit_code == 0:
             err = f"exit code 0 but no summary.json was written; last line: {why}"
         else:
-            err = f"exit code {a.exit_code}: {why}"
-    commit, dirty = git_info(a.repo) if a.repo else (None, None)
+            err = f"exit code {exit_code}: {why}"
+    commit, dirty = git_info(repo) if repo else (None, None)
     summary = {
         "schema": SCHEMA,
         "status": status,
         "error": err[:500],
-        "script": a.script,
-        "variant": a.variant,
-        "seed": a.seed,
+        "script": script,
+        "variant": variant,
+        "seed": seed,
         "steps_completed": step if step is not None else 0,
-        "metrics": {"wall_time_s": round(a.elapsed, 1)},
+        "metrics": {"wall_time_s": round(elapsed, 1)},
         "config": {},
         "env": {"hostname": socket.gethostname(), "git_commit": commit, "git_dirty": dirty},
-        "exit_code": a.exit_code,
+        "exit_code": exit_code,
         "written_by": "run_experiments.sh (the trainer wrote no summary.json)",
         "last_val_loss_in_log": val,
         "total_steps_in_log": total,
     }
     os.makedirs(run_dir, exist_ok=True)
     atomic_write_json(path, summary)
-    print(SEP.join(describe(run_dir)))
+    return describe(run_dir)
+
+
+def make_cost(device, devices, wall_s, runs_sharing_node):
+    """The cost contract: device "gpu"|"cpu", devices (GPUs over all nodes, or CPU processes), the
+    runner-measured wall time, device_seconds = devices x wall_s, and how many runs shared the node."""
+    wall_s = round(float(wall_s), 3)
+    return {"device": "gpu" if device == "cuda" else "cpu", "devices": int(devices), "wall_s": wall_s,
+            "device_seconds": round(devices * wall_s, 3), "runs_sharing_node": int(runs_sharing_node)}
+
+
+def add_cost(run_dir, cost):
+    """Add "cost" to the run's summary.json atomically, keeping every other field; False if no summary."""
+    path = os.path.join(run_dir, "summary.json")
+    s, state = load_summary(run_dir)
+    if s is None:
+        return False
+    s["cost"] = cost
+    atomic_write_json(path, s)
+    return True
 
 
 def parse_overrides(args):
@@ -230,35 +233,36 @@ def parse_overrides(args):
     return out
 
 
-def cmd_experiment(a):
+def write_experiment(variant_dir, *, stage, variant, script, seeds, nproc, nnodes, device, cuda_visible_devices,
+                     repo, jobs, omp_num_threads, runner_argv, commands, overrides, usd_per_gpu_hour=None,
+                     runs_at_once=1, extra=None):
     """Write <stage>/<variant>/experiment.json; an existing one is kept inside the new one's history."""
-    os.makedirs(a.variant_dir, exist_ok=True)
-    path = os.path.join(a.variant_dir, "experiment.json")
-    commit, dirty = git_info(a.repo)
-    commands = {}
-    for item in a.command:
-        seed, _, cmd = item.partition("=")
-        commands[seed] = cmd
+    os.makedirs(variant_dir, exist_ok=True)
+    path = os.path.join(variant_dir, "experiment.json")
+    commit, dirty = git_info(repo)
     new = {
         "schema": SCHEMA,
-        "stage": a.stage,
-        "variant": a.variant,
-        "script": a.script,
-        "seeds": [int(s) for s in a.seeds.split()],
-        "nproc_per_node": a.nproc,
-        "nnodes": a.nnodes,
-        "device": a.device,
-        "jobs": a.jobs,  # runs side by side (CPU): their time metrics shared the machine
-        "OMP_NUM_THREADS": a.omp_num_threads or None,
-        "overrides": parse_overrides(a.overrides),
+        "stage": stage,
+        "variant": variant,
+        "script": script,
+        "seeds": [int(s) for s in seeds],
+        "nproc_per_node": nproc,
+        "nnodes": nnodes,
+        "device": device,
+        "jobs": jobs,  # runs side by side (CPU): their time metrics shared the machine
+        "runs_at_once": runs_at_once,  # runs packed on the node at once (GPU slots or CPU jobs)
+        "OMP_NUM_THREADS": omp_num_threads or None,
+        "overrides": parse_overrides(overrides),
         "command": commands[min(commands, key=int)] if commands else None,
         "commands": commands,
-        "CUDA_VISIBLE_DEVICES": a.cuda_visible_devices,
+        "CUDA_VISIBLE_DEVICES": cuda_visible_devices,
+        "usd_per_gpu_hour": usd_per_gpu_hour,
         "start_time": utc_iso(),
         "git_commit": commit,
         "git_dirty": dirty,
         "hostname": socket.gethostname(),
-        "runner_argv": a.runner_argv,
+        "runner_argv": runner_argv,
+        **(extra or {}),
         "history": [],
     }
     if os.path.exists(path):
@@ -268,7 +272,7 @@ def cmd_experiment(a):
             if not isinstance(old, dict):
                 raise ValueError("not an object")
         except (OSError, ValueError):
-            os.replace(path, os.path.join(a.variant_dir, f"experiment.corrupt-{utc_stamp()}.json"))
+            os.replace(path, os.path.join(variant_dir, f"experiment.corrupt-{utc_stamp()}.json"))
             old = None
         if old is not None:
             history = old.pop("history", []) or []
@@ -276,70 +280,50 @@ def cmd_experiment(a):
     atomic_write_json(path, new)
 
 
-def cmd_table(a):
-    rows = []
-    with open(a.rows_tsv) as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            rows.append((parts + [""] * 7)[:7])
-    head = ("run", "seed", "this time", "status", "val_loss", "wall_s", "error")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    widths[6] = len(head[6])
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6][:160]  # noqa: E731
-    print(fmt(head))
-    print("  ".join("-" * w for w in widths))
+# ----------------------------------------------------------------------------- the end-of-stage table
+
+def fmt_hours(device_seconds):
+    return f"{device_seconds / 3600:.4f}"
+
+
+def table(rows, usd_per_gpu_hour=None):
+    """The end-of-stage table as lines. rows: dicts with run, seed, this_time, status, val_loss, wall_s,
+    error and cost (a cost entry or None)."""
+    units = {r["cost"]["device"] for r in rows if r.get("cost")}
+    hcol = "GPU-h" if units == {"gpu"} else "CPU-h" if units == {"cpu"} else "hours"
+    cells = []
     for r in rows:
-        print(fmt(r))
-    ok = sum(r[3] == "ok" for r in rows)
-    print(f"{ok} of {len(rows)} runs ok" + ("" if ok == len(rows) else f", {len(rows) - ok} not ok"))
+        c = r.get("cost")
+        h = ""
+        if c:
+            h = fmt_hours(c["device_seconds"]) + ("" if len(units) == 1 else " " + c["device"].upper())
+        cells.append([r["run"], str(r["seed"]), r["this_time"], r["status"], r["val_loss"], r["wall_s"], h])
+    head = ["run", "seed", "this time", "status", "val_loss", "wall_s", hcol]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    fmt = lambda c, err: "  ".join(x.ljust(w) for x, w in zip(c, widths)) + "  " + err[:160]  # noqa: E731
+    out = [fmt(head, "error"), "  ".join("-" * w for w in widths) + "  " + "-" * 5]
+    out += [fmt(c, r["error"]) for c, r in zip(cells, rows)]
+    ok = sum(r["status"] == "ok" for r in rows)
+    out.append(f"{ok} of {len(rows)} runs ok" + ("" if ok == len(rows) else f", {len(rows) - ok} not ok"))
+    out += cost_lines(rows, usd_per_gpu_hour)
+    return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("status")
-    s.add_argument("run_dir")
-    s.set_defaults(fn=cmd_status)
-    s = sub.add_parser("describe")
-    s.add_argument("run_dir")
-    s.set_defaults(fn=cmd_describe)
-    s = sub.add_parser("finish")
-    s.add_argument("run_dir")
-    s.add_argument("--log", default="")
-    s.add_argument("--exit-code", type=int, required=True)
-    s.add_argument("--elapsed", type=float, required=True)
-    s.add_argument("--timeout", type=float, default=0)
-    s.add_argument("--t0", default="")
-    s.add_argument("--t1", default="")
-    s.add_argument("--interrupted", action="store_true")
-    s.add_argument("--script", default="")
-    s.add_argument("--variant", default="")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--repo", default="")
-    s.set_defaults(fn=cmd_finish)
-    s = sub.add_parser("experiment")
-    s.add_argument("variant_dir")
-    for k in ("stage", "variant", "script", "seeds", "device", "cuda-visible-devices", "repo", "runner-argv",
-              "omp-num-threads"):
-        s.add_argument(f"--{k}", default="")
-    s.add_argument("--nproc", type=int, default=1)
-    s.add_argument("--nnodes", type=int, default=1)
-    s.add_argument("--jobs", type=int, default=1)
-    s.add_argument("--command", action="append", default=[], help="SEED=COMMAND, once per seed")
-    s.set_defaults(fn=cmd_experiment, overrides=[])
-    s = sub.add_parser("table")
-    s.add_argument("rows_tsv")
-    s.set_defaults(fn=cmd_table)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    trainer_args = []
-    if "--" in argv:  # experiment: the trainer flags follow "--"; argparse must not read them
-        cut = argv.index("--")
-        argv, trainer_args = argv[:cut], argv[cut + 1:]
-    a = p.parse_args(argv)
-    if a.cmd == "experiment":
-        a.overrides = trainer_args
-    a.fn(a)
-
-
-if __name__ == "__main__":
-    main()
+def cost_lines(rows, usd_per_gpu_hour=None):
+    """The stage's total device-hours (GPU and CPU apart), this invocation's share, dollars for GPU-hours."""
+    out = []
+    for dev, unit in (("gpu", "GPU-hours"), ("cpu", "CPU-hours")):
+        costs = [(r, r["cost"]) for r in rows if r.get("cost") and r["cost"]["device"] == dev]
+        if not costs:
+            continue
+        total = sum(c["device_seconds"] for _, c in costs) / 3600
+        now = sum(c["device_seconds"] for r, c in costs if r["this_time"] != "skipped") / 3600
+        line = f"cost: {total:.4f} {unit} over {len(costs)} run(s) (this invocation: {now:.4f})"
+        if dev == "gpu":
+            if usd_per_gpu_hour is not None:
+                line += f"; ${total * usd_per_gpu_hour:,.2f} at ${usd_per_gpu_hour:g} per GPU-hour (this invocation: " \
+                        f"${now * usd_per_gpu_hour:,.2f})"
+            else:
+                line += "; no dollar figure: --usd-per-gpu-hour X (or USD_PER_GPU_HOUR) gives one"
+        out.append(line)
+    return out
