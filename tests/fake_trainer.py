@@ -7,8 +7,9 @@ Environment knobs (the tests set them):
   FAKE_HANG_SEEDS    seeds that never finish (for --timeout)
   FAKE_TERM_SUMMARY  when set, SIGTERM writes an 'interrupted' summary as the real trainers do
   FAKE_RECORD        a file: one JSON line per start (argv, CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, ...)
-  FAKE_MEET          a directory: each run leaves its seed there and waits (30 s at most) until FAKE_MEET_N
-                     runs have, failing otherwise; only runs that are alive at the same time can meet
+  FAKE_MEET          a directory: each run leaves "<seed>-<pid>" there and waits (30 s at most) until
+                     FAKE_MEET_N (default 2) runs have, failing otherwise; only runs that are alive at the
+                     same time can meet
 """
 import argparse
 import json
@@ -48,7 +49,7 @@ def main():
                                 "RANK": os.environ.get("RANK"), "WORLD_SIZE": os.environ.get("WORLD_SIZE")}) + "\n")
     if os.environ.get("FAKE_MEET"):
         meet = os.environ["FAKE_MEET"]
-        open(os.path.join(meet, str(a.seed)), "w").close()
+        open(os.path.join(meet, f"{a.seed}-{os.getpid()}"), "w").close()
         deadline = time.time() + 30
         while len(os.listdir(meet)) < int(os.environ.get("FAKE_MEET_N", "2")):
             if time.time() > deadline:
