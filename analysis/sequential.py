@@ -183,6 +183,15 @@ def _increasing_root(f, lo, hi, tol=1e-9, iters=60):
     return x
 
 
+def _bracketed_root(f, guess, lo, hi):
+    """Root of increasing f near guess (the bound if the look were alone, which is never below the
+    sequential one): a narrow bracket first, the whole [lo, hi] when the root is outside it."""
+    a, b = max(lo, guess - 2.5), min(hi, guess + 1e-6)
+    if a < b and f(a) < 0 < f(b):
+        return _increasing_root(f, a, b, tol=1e-9)
+    return _increasing_root(f, lo, hi, tol=1e-9)
+
+
 def crossing_probabilities(ts, upper, lower=None, sides=2, eta=0.0):
     """Probability of stopping at each look: (efficacy[k], futility[k]) for continuation region
     lower_k < Z_k < upper_k (sides=1) or lower_k < |Z_k| < upper_k (sides=2); lower None or an entry
@@ -230,6 +239,8 @@ class Bounds:
     eta1: float              # design alternative (drift) the futility bound is spent under
     sides: int
     null_states: list = field(repr=False, default=None)  # efficacy-only null sub-density before each look
+    alpha_nominal: float = None  # the level the spending function was evaluated at (t reference: calibrated)
+    reference: "Reference" = field(repr=False, default=None)  # t reference the level was calibrated on
 
 
 def spending_boundaries(ts, alpha, sides=2, spending="obf", futility="beta", power=0.8, eta1=None):
@@ -254,7 +265,8 @@ def spending_boundaries(ts, alpha, sides=2, spending="obf", futility="beta", pow
         if inc <= 1e-300:
             b = math.inf
         else:
-            b = _increasing_root(lambda x: inc - _efficacy_exit(st0, t, 0.0, x, sides)[0], lo_z, 40.0, tol=1e-10)
+            b = _bracketed_root(lambda x: inc - _efficacy_exit(st0, t, 0.0, x, sides)[0],
+                                float(ndtri(1.0 - inc / sides)), lo_z, 40.0)
         last = k == len(ts) - 1 and ts[-1] >= 1.0 - 1e-12
         a = None
         if futility == "beta" and not last:
@@ -269,7 +281,7 @@ def spending_boundaries(ts, alpha, sides=2, spending="obf", futility="beta", pow
         lower.append(None if a is None else float(a))
         st0 = _advance(st0, t, 0.0, _region(b, None, sides), h)
         st1 = _advance(st1, t, eta1, _region(b, a, sides), h)
-    return Bounds(ts, upper, lower, [float(x) for x in A], [float(x) for x in B], eta1, sides, states)
+    return Bounds(ts, upper, lower, [float(x) for x in A], [float(x) for x in B], eta1, sides, states, alpha)
 
 
 # ---------------------------------------------------------------- design
@@ -389,11 +401,90 @@ class Design:
         return _design_bounds(self.validated("design"))
 
 
+REFERENCE_EVENTS = 2_500   # t reference size: about this many null crossings (relative Monte Carlo SE 2%)
+REFERENCE_SEED = 20_240_531
+
+
+@dataclass
+class Reference:
+    """The t reference of a design: its statistics at every look in null experiments with normal
+    runs. Student and one-sample t statistics are pivotal, so this is their exact joint null
+    distribution up to Monte Carlo error (Welch: at equal SDs). x is |statistic| for two-sided
+    designs; for Welch (df varies by experiment) x holds z-equivalents and df is None."""
+    x: np.ndarray            # (reps, looks)
+    df: list                 # per-look df, or None
+
+    def threshold(self, k, zval):
+        """A z-scale value expressed on the reference's scale at look k (same tail probability)."""
+        return zval if self.df is None else stat_threshold(zval, self.df[k])
+
+    def crossed_by(self, upper, k_end):
+        """Boolean per experiment: crossed an efficacy bound at a look before k_end."""
+        thr = np.array([self.threshold(k, upper[k]) for k in range(k_end)])
+        return (self.x[:, :k_end] >= thr).any(axis=1) if k_end else np.zeros(len(self.x), bool)
+
+
+def reference_null(d, reps=None, seed=REFERENCE_SEED):
+    """The design's Reference (fixed seed: the same boundaries on every call); by default
+    REFERENCE_EVENTS / alpha experiments (50,000 at alpha 0.05, 250,000 at 0.01)."""
+    reps = reps or int(min(400_000, REFERENCE_EVENTS / d.alpha))
+    rng = np.random.default_rng(seed)
+    ns = d.look_sizes()
+    N = ns[-1]
+    if d.question == "acceptance":
+        data = {d.variant: d.target + rng.standard_normal((reps, N), dtype=np.float32)}
+    else:
+        data = {d.baseline: rng.standard_normal((reps, N), dtype=np.float32),
+                d.variant: rng.standard_normal((reps, N), dtype=np.float32)}
+    x = np.empty((reps, len(ns)))
+    dfs = []
+    for k, (stat, df, _, _) in enumerate(prefix_statistics(d, data, ns)):
+        if d.test == "welch" and d.question == "compare":
+            x[:, k] = z_equivalent(stat, df)
+            dfs = None
+        else:
+            x[:, k] = stat
+            dfs.append(float(df.flat[0]))
+    return Reference(np.abs(x) if d.sides == 2 else x, dfs)
+
+
 @functools.lru_cache(maxsize=64)
 def _design_bounds(d):
-    """Boundaries of a validated design (cached: a design is immutable, and its boundaries depend only on it)."""
-    return spending_boundaries([n / d.max_runs for n in d.look_sizes()], d.alpha, d.sides, d.spending,
-                               d.futility, d.power, d.eta1())
+    """Boundaries of a validated design (cached: a design is immutable, and its boundaries depend only on it).
+
+    Known sigma: the normal-theory boundaries. t statistics: mapping each t to the normal deviate with
+    the same tail keeps every look's nominal level exact, but the looks' joint distribution is not the
+    canonical one (at 2-3 runs per condition the error rate comes out up to about 10% above alpha).
+    So the spending function's level is calibrated on the t reference (reference_null_z): the
+    boundaries keep the spending shape, evaluated at the alpha' at which the reference crosses at
+    rate alpha. Deterministic (fixed seed)."""
+    ts = [n / d.max_runs for n in d.look_sizes()]
+    eta1 = d.eta1() if d.eta1() is not None else float(ndtri(1.0 - d.alpha / d.sides) + ndtri(d.power))
+    if d.sigma is not None:
+        return spending_boundaries(ts, d.alpha, d.sides, d.spending, d.futility, d.power, eta1)
+    ref = reference_null(d)
+
+    def rate(a):
+        b = spending_boundaries(ts, a, d.sides, d.spending, "none").upper
+        return float(ref.crossed_by(b, len(ts)).mean())
+
+    # secant steps on log alpha' (the rate is nearly proportional to alpha'); stop within one
+    # reference experiment of alpha
+    a0, r0 = d.alpha, rate(d.alpha)
+    a1 = d.alpha * d.alpha / max(r0, 1e-12)
+    best = (abs(r0 - d.alpha), a0)
+    for _ in range(6):
+        r1 = rate(a1)
+        best = min(best, (abs(r1 - d.alpha), a1))
+        if abs(r1 - d.alpha) <= 1.0 / len(ref.x) or r1 == r0:
+            break
+        slope = (math.log(max(r1, 1e-12)) - math.log(max(r0, 1e-12))) / (math.log(a1) - math.log(a0))
+        a0, r0 = a1, r1
+        a1 = min(0.5, a1 * math.exp((math.log(d.alpha) - math.log(max(r1, 1e-12))) / max(slope, 0.1)))
+    out = spending_boundaries(ts, best[1], d.sides, d.spending, d.futility, d.power, eta1)
+    out.alpha_spent = [float(x) for x in d.sides * spend(d.spending, d.alpha / d.sides, ts)]
+    out.reference = ref
+    return out
 
 
 def design_matches(old, new):
@@ -413,20 +504,41 @@ def look_statistics(design, samples):
     that positive means the variant is better (lower, for a lower-is-better metric), improvement in
     metric units (baseline - variant, or target - mean, for lower-is-better), se its standard error,
     df inf for known sigma. Zero variance gives stat 0 (no difference) or +-inf."""
+    moments = {}
+    for c in design.conditions:
+        x = np.asarray(samples[c], dtype=float)
+        n = x.shape[-1]
+        moments[c] = (n, x.mean(axis=-1), x.var(axis=-1, ddof=1) if n > 1 else np.zeros(x.shape[:-1]))
+    return _statistics(design, moments)
+
+
+def prefix_statistics(design, data, ns):
+    """look_statistics at every prefix length in ns at once (cumulative sums; for simulations):
+    data {condition: array (reps, >= max(ns))}. Yields (stat, df, improvement, se) per look."""
+    cum = {}
+    for c in design.conditions:
+        x = np.asarray(data[c], dtype=float)
+        x0 = x[:, :1]
+        x = x - x0                             # the variance is shift-invariant; avoid cancellation
+        cum[c] = (x0, np.cumsum(x, axis=1), np.cumsum(x * x, axis=1))
+    for n in ns:
+        moments = {}
+        for c, (x0, s1, s2) in cum.items():
+            m = s1[:, n - 1] / n
+            var = np.maximum(s2[:, n - 1] - n * m * m, 0.0) / (n - 1) if n > 1 else np.zeros(m.shape)
+            moments[c] = (n, m + x0[:, 0], var)
+        yield _statistics(design, moments)
+
+
+def _statistics(design, moments):
     sign = -1.0 if design.better == "lower" else 1.0
-    v = np.asarray(samples[design.variant], dtype=float)
-    nv = v.shape[-1]
-    mv = v.mean(axis=-1)
-    vv = v.var(axis=-1, ddof=1) if nv > 1 else np.zeros(mv.shape)
+    nv, mv, vv = moments[design.variant]
     if design.question == "acceptance":
         imp = sign * (mv - design.target)
         se = (design.sigma if design.sigma is not None else np.sqrt(vv)) / math.sqrt(nv) + 0.0 * mv
         df = np.full(mv.shape, math.inf if design.sigma is not None else nv - 1.0)
     else:
-        b = np.asarray(samples[design.baseline], dtype=float)
-        nb = b.shape[-1]
-        mb = b.mean(axis=-1)
-        vb = b.var(axis=-1, ddof=1) if nb > 1 else np.zeros(mb.shape)
+        nb, mb, vb = moments[design.baseline]
         imp = sign * (mv - mb)
         if design.sigma is not None:
             se = design.sigma * math.sqrt(1.0 / nv + 1.0 / nb) + 0.0 * mv
@@ -481,8 +593,20 @@ def stagewise_p(bounds, k, z):
     """P-value by stage-wise ordering after stopping at look k (0-based) with z-equivalent z:
     the null probability of crossing at an earlier look plus that of reaching look k with a
     statistic at least as extreme (two-sided: |Z| >= |z|). Futility bounds are ignored (non-binding).
-    At the first look this is the ordinary one-look p-value."""
+    At the first look this is the ordinary one-look p-value. With a t reference the probabilities
+    after the first look are its Monte Carlo frequencies (normal theory where fewer than 10 reference
+    experiments are that extreme), so that p <= alpha exactly when a boundary was crossed."""
     sides, t = bounds.sides, bounds.ts[k]
+    ref = bounds.reference
+    if ref is not None and k > 0:
+        before = ref.crossed_by(bounds.upper, k)
+        here = ~before & (ref.x[:, k] >= ref.threshold(k, abs(z) if sides == 2 else z))
+        p_before = float(before.mean())
+        if here.sum() >= 10:
+            return min(1.0, p_before + float(here.mean()))
+        st = bounds.null_states[k]
+        tail = float(_efficacy_exit(st, t, 0.0, abs(z), 2)[0]) if sides == 2 else float(_sf(st, t, 0.0, z)[0])
+        return min(1.0, p_before + tail)
     earlier = 0.0
     for j in range(k):
         earlier += float(_efficacy_exit(bounds.null_states[j], bounds.ts[j], 0.0, bounds.upper[j], sides)[0])
@@ -703,8 +827,7 @@ def simulate(design, effect_sd=0.0, reps=10_000, rng=None, sd=1.0):
     futile = np.zeros(reps, bool)
     naive = np.zeros(reps, bool)
     runs = np.full(reps, float(N))
-    for k, n in enumerate(ns):
-        stat, df, _, _ = look_statistics(design, {c: x[:, :n] for c, x in data.items()})
+    for k, (n, (stat, df, _, _)) in enumerate(zip(ns, prefix_statistics(design, data, ns))):
         z = z_equivalent(stat, df)
         zz = np.abs(z) if design.sides == 2 else z
         b, a = bounds.upper[k], bounds.lower[k]

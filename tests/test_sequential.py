@@ -295,3 +295,21 @@ def test_cli_flags_without_design_file_and_bad_inputs(tmp_path, capsys):
         f.write("{not json")
     rc, so, se = run_decide(capsys, "--logs", str(tmp_path), "--stage", "st")
     assert rc == 2 and "sequential.json" in se and se.count("\n") == 1
+
+
+def test_t_reference_calibration_and_consistent_p():
+    """t designs: the spending level is calibrated on the t reference (alpha_nominal != alpha), and the
+    adjusted p is <= alpha exactly when the design stopped for effect."""
+    d = design(spending="pocock", batch=2, max_runs=6, futility="none").validated()
+    b = d.bounds()
+    assert b.reference is not None and b.alpha_nominal != d.alpha
+    assert b.reference.crossed_by(b.upper, len(b.ts)).mean() == pytest.approx(d.alpha, abs=0.002)
+    assert sq.Design(variant="v", sigma=1.0).bounds().reference is None      # known sigma: normal theory
+    rng = np.random.default_rng(4)
+    seen = set()
+    for _ in range(60):
+        base, var = rng.standard_normal(6), 1.2 + rng.standard_normal(6)
+        dec = sq.decide(d, {"baseline": base, "v": var})
+        assert (dec.p_adjusted <= d.alpha) == (dec.verdict == "stop: effect"), (dec.verdict, dec.p_adjusted)
+        seen.add((dec.verdict, dec.look))
+    assert {v for v, _ in seen} == {"stop: effect", "stop: maximum reached"} and len({k for _, k in seen}) >= 2
