@@ -20,7 +20,10 @@ Boundaries.
   futility stop never raises the type-I error above alpha.
 - Small samples: a boundary b on the z scale is a nominal tail probability; at a look with df
   degrees of freedom the statistic crosses when its own t tail probability is that small (same
-  nominal levels on the t scale). bench/bench_sequential.py shows the resulting error rates.
+  nominal levels on the t scale). Because the looks' t statistics are not jointly canonical, the
+  spending function's level is calibrated on a seeded simulation of the t statistics' exact null
+  joint distribution (the "t reference", `_design_bounds`); bench/bench_sequential.py checks the
+  resulting error rates on independent simulations.
 
 Adjusted inference after a stop uses the stage-wise ordering (Armitage 1957; Tsiatis, Rosner and
 Mehta 1984): an outcome is more extreme when it crossed at an earlier look, or at the same look with
