@@ -55,9 +55,15 @@ def file_stem(name, max_len=60):
     return f"{s[:max_len].rstrip('_.') or 'x'}_{digest}"
 
 
+def _layout(fig, bottom=0.12, hspace=0.3):
+    """Fixed margins instead of tight_layout(), which measures every label's box and was the
+    largest single cost of the figures (see bench/bench_analyze.py)."""
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=bottom, wspace=0.28, hspace=hspace)
+
+
 def _save(fig, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(path, dpi=100, metadata={"Software": None}, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return path
 
@@ -119,7 +125,7 @@ def _finish_metric_grid(fig, axes, metrics, labels, path):
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    fig.tight_layout()
+    _layout(fig, bottom=0.22 / axes.shape[0], hspace=0.55)
     return _save(fig, path)
 
 
@@ -139,7 +145,7 @@ def _mean_band(ax, grid, mat, i, label):
     grid, mat, mean, sd = _thin(grid, mat, mean, sd)
     runs = mat[:_MAX_THIN_RUNS]
     segs = [np.column_stack([grid[np.isfinite(r)], r[np.isfinite(r)]]) for r in runs]
-    ax.add_collection(LineCollection(segs, colors=color(i), linewidths=0.5, alpha=0.25, linestyles=style(i)))
+    ax.add_collection(LineCollection(segs, colors=color(i), linewidths=0.5, alpha=0.25))
     few = int(np.isfinite(mean).sum()) <= _FEW_POINTS
     if few:   # single validation points per run: show them, and the mean as a marker
         for r in runs:
@@ -185,7 +191,7 @@ def training_curves(path, train, val, labels, target=None):
         if block:
             ax.legend(fontsize=8)
         ax.autoscale(axis="x")
-    fig.tight_layout()
+    _layout(fig)
     return _save(fig, path)
 
 
@@ -211,7 +217,7 @@ def loss_comparison(path, val, labels):
             ax.legend(fontsize=8)
     if val:
         _zoom(axes[0], [val[k] for k in val], frac=0.8)
-    fig.tight_layout()
+    _layout(fig)
     return _save(fig, path)
 
 
@@ -235,7 +241,7 @@ def gap(path, gaps, labels, baseline):
     ax.set_title("gap to the baseline at every validation (95% CI, not adjusted across steps)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    _layout(fig)
     return _save(fig, path)
 
 
@@ -266,5 +272,5 @@ def sweep(path, param, metric, rows):
     ax.set_ylabel(metric or "")
     ax.set_title(f"{metric} against {param} (mean +- SD, runs as dots)", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _layout(fig)
     return _save(fig, path)

@@ -364,7 +364,7 @@ def training(res, rel_figs):
         dyn = s["dynamics"]
         if not dyn["val"]:
             out.append("No finished run has validation curves (metrics.jsonl or log lines), so there is nothing to plot.\n")
-        for key, cap in (("curves", "Training and validation loss: mean +- SD per condition, individual runs thin behind."),
+        for key, cap in (("curves", "Training and validation loss: mean +- SD per condition, individual runs thin behind; each condition has its own line style (solid, dashed, dotted, dash-dot) so identical curves stay visible, and markers where a curve has few points."),
                          ("comparison", "Mean validation loss of every condition on one axis (right: last third of training)."),
                          ("gap", f"Gap of each variant's mean validation loss to `{s['baseline']}` at every validation step, with its 95% Welch CI (pointwise, not adjusted across steps).")):
             if s["name"] in figs.get(key, {}):
