@@ -1,10 +1,12 @@
 """Behaviour of train_gpt.py: the maths (Muon, schedule, model), the data loader, the command line,
 the run directory, determinism, distributed equivalence, faults and resume. Models here are tiny."""
+import errno
 import math
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -282,14 +284,50 @@ def test_without_out_dir_a_fresh_directory_under_logs(tg, shards, capsys, tmp_pa
     assert all(load_summary(d)["status"] == "ok" for d in dirs)
 
 
-def test_data_repeat_warning_names_the_shards_needed(tg, make_shards, capsys, tmp_path):
+def loader_read_counts(tg, lens, B, T, W, start_pos, micro_steps):
+    """How often the real DataLoader (all W ranks) reads each input token: an independent count."""
+    shards = [np.zeros(n, dtype=np.uint16) for n in lens]
+    counts = [np.zeros(n, dtype=np.int64) for n in lens]
+    loaders = [tg.DataLoader(shards, B, T, r, W, start_pos) for r in range(W)]
+    for _ in range(micro_steps):
+        for ld in loaders:
+            start = ld.pos + ld.rank * B * T
+            counts[ld.shard][start:start + B * T] += 1
+            ld.next_batch(torch.device("cpu"))
+    return counts
+
+
+@pytest.mark.parametrize("lens,start,steps", [([2000, 2000], 0, 20), ([2000, 2000], 700, 20), ([2000, 1500], 300, 9),
+                                              ([2000, 1000], 1500, 6), ([5000], 4000, 3)])
+def test_repeated_tokens_counts_what_the_loader_reads_twice(tg, lens, start, steps):
+    B, T, W = 4, 32, 2
+    counts = loader_read_counts(tg, lens, B, T, W, start, steps)
+    by_hand = sum(int(np.maximum(c - 1, 0).sum()) for c in counts)
+    assert tg.repeated_tokens(lens, B * T * W, start, steps) == by_hand
+    if (lens, start, steps) == ([2000, 1000], 1500, 6):  # wraps into the first shard's unread head: no repeat
+        assert by_hand == 0 and counts[0][:1500].sum() > 0
+
+
+def test_data_repeat_warning_names_the_tokens_and_shards_needed(tg, make_shards, capsys, tmp_path):
     sh = make_shards("small", n_train=2, train_tokens=2_000, val_tokens=2_000)
     rc, out, err = run(tg, capsys, *MICRO, *data_args(sh), "--num_iterations", 20, "--out_dir", tmp_path / "r")
     assert rc == 0
     cfg = load_summary(tmp_path / "r")["config"]
-    need = 20 * 8 * 32 + cfg["train_start_offset"]
-    assert f"consumes {need:,} train tokens" in err and "4,000" in err
-    assert f"About {math.ceil(need / 2000)} shards" in err
+    counts = loader_read_counts(tg, [2000, 2000], 8, 32, 1, cfg["train_start_offset"], 20)
+    twice = sum(int(np.maximum(c - 1, 0).sum()) for c in counts)
+    assert twice > 0 and f"{twice:,} tokens are trained on more than once" in err
+    assert f"consumes {20 * 8 * 32:,} train tokens" in err and "4,000" in err
+    assert f"About {math.ceil((20 * 8 * 32 + cfg['train_start_offset']) / 2000)} shards" in err
+    # 12 steps from a late start offset wrap into the first shard's unread head: nothing is read twice
+    def start_for(seed):  # the trainer's draw (open_data): a shard permutation, then the offset
+        rng = np.random.default_rng(seed)
+        rng.permutation(2)
+        return int(rng.integers(0, 2000 - 256 - 1 + 1))
+    seed = next(s for s in range(100) if (1999 - start_for(s)) // 256 + 7 < 12 and start_for(s) >= 5 * 256)
+    rc, out, err = run(tg, capsys, *MICRO, *data_args(sh), "--num_iterations", 12, "--seed", seed,
+                       "--out_dir", tmp_path / "r2")
+    assert rc == 0 and load_summary(tmp_path / "r2")["config"]["train_start_offset"] == start_for(seed)
+    assert "warning" not in err
 
 
 def test_same_seed_same_curve_other_seed_other_curve(tg, shards, capsys, tmp_path):
@@ -448,3 +486,204 @@ def test_unused_path_never_points_at_an_existing_file(tg, tmp_path):
     assert tg.unused_path(str(p)) == str(tmp_path / "metrics.before_resume_3.1.jsonl")
     (tmp_path / "metrics.before_resume_3.1.jsonl").write_text("y")
     assert tg.unused_path(str(p)) == str(tmp_path / "metrics.before_resume_3.2.jsonl")
+
+
+# ----------------------------------------------------------------------------- device batch, GPU-path guards
+
+
+@pytest.mark.parametrize("batch,T,val_tokens,default", [
+    (512, 1024, 10485760, 64),  # stage_b, stage_c, lmd: the record's settings
+    (128, 1024, 10485760, 64),  # stage_a's batch with the device batch left to the trainer
+    (32, 128, 32768, 16)])  # --preset tiny
+def test_device_batch_keeps_the_global_batch_on_1_to_64_processes(tg, batch, T, val_tokens, default):
+    for world in range(1, 65):
+        if batch % world or val_tokens % (T * world):
+            with pytest.raises(tg.ConfigError, match="--batch_size|--val_tokens"):
+                tg.device_batch(batch, default, world, T, val_tokens, typed=False)
+            continue
+        d = tg.device_batch(batch, default, world, T, val_tokens, typed=False)
+        per_rank, val_seqs = batch // world, val_tokens // (T * world)
+        assert 1 <= d <= default and per_rank % d == 0 and val_seqs % d == 0
+        assert not any(per_rank % e == 0 and val_seqs % e == 0 for e in range(d + 1, default + 1))  # the largest
+        grad_accum = batch // (d * world)
+        assert grad_accum * d * world == batch  # global batch, so tokens per step, unchanged
+    # by hand: 2 nodes x 8 GPUs take 32 of the record's 512 sequences each, no accumulation; 1 GPU keeps 64 x 8
+    assert tg.device_batch(512, 64, 16, 1024, 10485760, typed=False) == 32
+    assert tg.device_batch(512, 64, 1, 1024, 10485760, typed=False) == 64
+    assert tg.device_batch(128, 64, 64, 1024, 10485760, typed=False) == 2
+    assert tg.device_batch(32, 16, 16, 128, 32768, typed=False) == 2
+    with pytest.raises(tg.ConfigError, match="--batch_size 512 cannot be split evenly over 3 processes"):
+        tg.device_batch(512, 64, 3, 1024, 10485760, typed=False)
+    # a typed device batch is kept, or refused when it cannot work
+    assert tg.device_batch(512, 16, 8, 1024, 10485760, typed=True) == 16
+    with pytest.raises(tg.ConfigError, match="--device_batch_size 64 x 16 processes"):
+        tg.device_batch(512, 64, 16, 1024, 10485760, typed=True)
+
+
+def test_rotary_frequencies_are_a_plain_attribute_that_follows_the_model(tg):
+    model = tg.GPT(64, 2, 2, 32)
+    rot = model.blocks[0].attn.rotary
+    assert "inv_freq" not in dict(model.named_buffers(recurse=True)) and not list(model.buffers())  # DDP has nothing to broadcast
+    assert torch.equal(rot.inv_freq, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16))
+    model.to("meta")
+    assert rot.inv_freq.device.type == "meta"  # model.to(device) moves it with the parameters
+
+
+def test_a_checkpoint_holding_code_is_refused_and_the_code_never_runs(tg, shards, capsys, tmp_path):
+    d = tmp_path / "run"
+    rc, out, err = run(tg, capsys, *MICRO, *data_args(shards), "--num_iterations", 4, "--save_every", 2,
+                       "--out_dir", d)
+    assert rc == 0, err
+    os.remove(d / "summary.json")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+    real = torch.load(d / "checkpoints" / "step_000002.pt", map_location="cpu", weights_only=True)
+    evil = d / "checkpoints" / "step_000009.pt"
+    torch.save({**real, "extra": Payload()}, evil)
+    rc, out, err = run(tg, capsys, "--resume", d)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and str(evil) in err and "refused" in err
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the file really is hostile: an unrestricted load runs it
+    assert marker.read_text() == "ran"
+
+
+def test_summary_goes_only_into_the_directory_the_run_started_in(tg, shards, capsys, tmp_path, monkeypatch):
+    d, moved = tmp_path / "run", tmp_path / "moved"
+    real = tg.lr_scale
+
+    def lr_scale_that_moves_the_run(step, a):
+        if step == 2 and not moved.exists():  # mid-run, someone moves the directory and reuses its name
+            os.rename(d, moved)
+            d.mkdir()
+        return real(step, a)
+    monkeypatch.setattr(tg, "lr_scale", lr_scale_that_moves_the_run)
+    rc, out, err = run(tg, capsys, *MICRO, *data_args(shards), "--num_iterations", 4, "--out_dir", d)
+    assert not (d / "summary.json").exists() and not (moved / "summary.json").exists()
+    assert "(or no longer) this run's directory" in err and rc == 1
+    assert [r["step"] for r in read_jsonl(moved / "metrics.jsonl") if "train_loss" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "summary"])
+def test_a_full_disk_is_one_line_status_failed_and_leaves_no_temp_files(tg, shards, capsys, tmp_path, monkeypatch,
+                                                                        where):
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if where == "checkpoint":
+        monkeypatch.setattr(tg.torch, "save", full)
+    else:
+        monkeypatch.setattr(tg.os, "fsync", full)
+    d = tmp_path / "run"
+    rc, out, err = run(tg, capsys, *MICRO, *data_args(shards), "--num_iterations", 4, "--save_every", 2,
+                       "--out_dir", d)
+    assert rc == 1 and "Traceback" not in err and "No space left on device" in err
+    left = [f for _, _, files in os.walk(d) for f in files if ".tmp" in f]
+    assert left == []
+    if where == "checkpoint":
+        s = load_summary(d)
+        assert s["status"] == "failed" and "step_000002.pt" in s["error"] and "No space left" in s["error"]
+        assert s["steps_completed"] == 2 and not os.listdir(d / "checkpoints")
+    else:  # the summary itself cannot be written: the status is the exit code and one line
+        assert not (d / "summary.json").exists()
+        assert [l for l in err.splitlines() if "summary.json" in l and "No space left" in l]
+
+
+def test_ten_steps_or_fewer_store_no_train_time(tg, shards, capsys, tmp_path):
+    for n, timed in [(10, False), (12, True)]:
+        rc, out, err = run(tg, capsys, *MICRO, *data_args(shards), "--num_iterations", n, "--out_dir", tmp_path / str(n))
+        assert rc == 0, err
+        m = load_summary(tmp_path / str(n))["metrics"]
+        if timed:
+            assert m["train_time_s"] > 0 and m["tokens_per_s"] == pytest.approx(2 * 8 * 32 / m["train_time_s"])
+        else:  # the first 10 steps are untimed: no time rather than ~0
+            assert m["train_time_s"] is None and m["tokens_per_s"] is None and m["val_loss"] > 0
+
+
+def test_a_device_that_cannot_start_writes_a_failed_summary(tg, shards, capsys, tmp_path, monkeypatch):
+    def bad_ordinal(device):
+        raise RuntimeError("CUDA error: invalid device ordinal\nCUDA kernel errors might be reported later")
+    monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tg.torch.cuda, "set_device", bad_ordinal)
+    rc, out, err = run(tg, capsys, *MICRO, *data_args(shards), "--device", "cuda", "--out_dir", tmp_path / "r")
+    s = load_summary(tmp_path / "r")
+    assert rc == 1 and s["status"] == "failed" and "invalid device ordinal" in s["error"] and "cuda:0" in s["error"]
+    assert "\n" not in s["error"] and "Traceback" not in err
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_rendezvous_nobody_joins_writes_a_failed_summary(shards, tmp_path):
+    env = {**ONE_THREAD, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    r = subprocess.run([sys.executable, SCRIPT, *MICRO, *data_args(shards), "--device_batch_size", "4",
+                        "--dist_timeout", "3", "--out_dir", str(tmp_path / "r")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    s = load_summary(tmp_path / "r")
+    assert r.returncode == 1 and s["status"] == "failed" and "process group" in s["error"], r.stderr[-2000:]
+    assert "\n" not in s["error"] and "Traceback" not in r.stderr
+
+
+def torchrun(script, nproc, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           str(script), *map(str, args)], env=ONE_THREAD, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ranks_agree_on_divergence_every_check_every_steps(shards, tmp_path):
+    r = torchrun(SCRIPT, 2, *MICRO, *data_args(shards), "--device_batch_size", 4, "--num_iterations", 30,
+                 "--learning_rate", 1e30, "--check_every", 4, "--out_dir", tmp_path / "nan")
+    s = load_summary(tmp_path / "nan")
+    assert r.returncode != 0 and s["status"] == "diverged" and s["steps_completed"] % 4 == 0, r.stderr[-2000:]
+    assert s["steps_completed"] < 30
+
+
+OOM_ON_RANK_1 = '''
+import importlib.util, os, sys, torch
+spec = importlib.util.spec_from_file_location("tg", {script!r})
+tg = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tg)
+if os.environ["RANK"] == "1":
+    real, calls = tg.GPT.forward, []
+    def forward(self, idx, targets):
+        calls.append(1)
+        if self.training and len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, idx, targets)
+    tg.GPT.forward = forward
+sys.exit(tg.main(sys.argv[1:]))
+'''
+
+
+def test_out_of_memory_on_one_rank_stops_its_peers_with_status_oom(shards, tmp_path):
+    wrapper = tmp_path / "oom_on_rank_1.py"
+    wrapper.write_text(OOM_ON_RANK_1.format(script=SCRIPT))
+    r = torchrun(wrapper, 2, *MICRO, *data_args(shards), "--device_batch_size", 4, "--num_iterations", 1000,
+                 "--out_dir", tmp_path / "oom", timeout=240)
+    s = load_summary(tmp_path / "oom")
+    assert r.returncode != 0 and s["status"] == "oom" and s["error"].startswith("rank 1: OutOfMemoryError"), \
+        r.stderr[-3000:]
+    assert s["steps_completed"] == 2  # rank 1 failed in its third step; nobody went on training
+
+
+def test_sixteen_gloo_processes_match_eight(tg, shards, tmp_path):
+    # the device batch is left to the trainer: 1 sequence per micro-step on 16 processes, 2 on 8
+    i = MICRO.index("--device_batch_size")
+    micro = MICRO[:i] + MICRO[i + 2:]
+    common = [*micro, *data_args(shards), "--batch_size", 16, "--num_iterations", 3, "--save_every", 2, "--seed", 4,
+              "--val_loss_every", 0, "--device", "cpu"]
+    for n in (16, 8):
+        r = torchrun(SCRIPT, n, *common, "--out_dir", tmp_path / str(n), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        s = load_summary(tmp_path / str(n))
+        assert s["env"]["processes"] == n and s["config"]["batch_size"] == 16
+        assert s["config"]["device_batch_size"] == 16 // n and s["config"]["grad_accum_steps"] == 1
+    assert "device batch: 2 sequences per process per micro-step (the largest <= 64" in r.stdout  # the 8-process run
+    a, b = checkpoint_params(tmp_path / "16", 2), checkpoint_params(tmp_path / "8", 2)
+    torch.manual_seed(4)
+    assert relative_disagreement(a, b, tg.GPT(64, 2, 2, 32).state_dict()) < 0.05
