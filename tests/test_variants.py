@@ -439,3 +439,35 @@ def test_lmd_resume_continues_with_the_saved_momenta(mods, shards, capsys, tmp_p
     os.remove(cut / "summary.json")
     rc, out, err = run(lmd, capsys, "--resume", cut, "--lmd", "fixed_low")  # another setting is refused
     assert rc == 2 and "--lmd" in err
+
+
+# ----------------------------------------------------------------------------- the worked example of docs/variants.md
+
+
+def test_the_documented_example_variant_is_small_and_passes_the_guard(tmp_path):
+    doc = open(os.path.join(REPO, "docs", "variants.md")).read()
+    example = doc[doc.index("## Write a variant"):]
+    first_line = re.search(r"```text\n\s*(\"\"\"GELU[^\n]*)\n", example)[1]
+    region = re.search(r"```python\n(.*?)\s*```", example, re.S)[1]
+    region = "\n".join(line[4:] if line.startswith("    ") else line for line in region.splitlines()) + "\n"
+    base = open(BASE).read()
+    base_forward = "    def forward(self, x):\n        return self.c_proj(F.relu(self.c_fc(x)).square())\n"
+    assert base.count(base_forward) == 1
+    lines = base.splitlines(True)
+    variant = "".join([first_line + "\n"] + lines[1:]).replace(base_forward, region)
+    shutil.copy(BASE, tmp_path / "train_gpt.py")
+    (tmp_path / "train_gpt_gelu.py").write_text(variant)
+    msgs = []
+    assert vg.sync(str(tmp_path / "train_gpt.py"), str(tmp_path / "train_gpt_gelu.py"), out=msgs.append) == 0, msgs
+    assert vg.check(str(tmp_path / "train_gpt.py"), str(tmp_path / "train_gpt_gelu.py")) == []
+    import difflib
+    changed = [l for l in difflib.unified_diff(base.splitlines(), (tmp_path / "train_gpt_gelu.py").read_text().splitlines(),
+                                               lineterm="", n=0) if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    assert len(changed) < 30
+    # and it is the idea: the MLP now computes c_proj(gelu(c_fc(x)))
+    gelu = load_script(str(tmp_path / "train_gpt_gelu.py"), "train_gpt_gelu_example")
+    mlp = gelu.MLP(16)
+    torch.nn.init.normal_(mlp.c_proj.weight)
+    x = torch.randn(3, 16)
+    assert torch.allclose(mlp(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x))))
+    assert not torch.allclose(mlp(x), mlp.c_proj(torch.relu(mlp.c_fc(x)).square()))
