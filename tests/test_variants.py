@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -449,7 +450,7 @@ def test_the_documented_example_variant_is_small_and_passes_the_guard(tmp_path):
     example = doc[doc.index("## Write a variant"):]
     first_line = re.search(r"```text\n\s*(\"\"\"GELU[^\n]*)\n", example)[1]
     region = re.search(r"```python\n(.*?)\s*```", example, re.S)[1]
-    region = "\n".join(line[4:] if line.startswith("    ") else line for line in region.splitlines()) + "\n"
+    region = textwrap.indent(textwrap.dedent(region), "    ") + "\n"  # the doc's list indent off, a method's on
     base = open(BASE).read()
     base_forward = "    def forward(self, x):\n        return self.c_proj(F.relu(self.c_fc(x)).square())\n"
     assert base.count(base_forward) == 1
