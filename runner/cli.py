@@ -65,6 +65,7 @@ class Args:
     scripts_dir: str = ""
     pack: bool = True
     usd: str = ""
+    only: str = ""                   # preflight: a subset of its checks
     extra: list = field(default_factory=list)
     sweep_script: str = ""
     sweep_param: str = ""
@@ -80,7 +81,7 @@ VALUE_OPTS = {
     "--nnodes": "nnodes", "--node-rank": "node_rank", "--node_rank": "node_rank", "--rdzv-endpoint": "rdzv_endpoint",
     "--rdzv_endpoint": "rdzv_endpoint", "--rdzv-backend": "rdzv_backend", "--rdzv_backend": "rdzv_backend",
     "--launcher": "launcher", "--python": "python", "--scripts-dir": "scripts_dir", "--param": "sweep_param",
-    "--usd-per-gpu-hour": "usd",
+    "--usd-per-gpu-hour": "usd", "--only": "only",
 }
 FLAG_OPTS = {"--compile": ("compile", "on"), "--no-compile": ("compile", "off"), "--force": ("force", True),
              "--resume": ("resume", True), "--dry-run": ("dry", True), "--verbose": ("verbose", True),
@@ -194,6 +195,7 @@ Sweeps:
 
 Preflight:
   ./run_experiments.sh preflight STAGE [--preset P] [--iterations N] [--gpus N] [--usd-per-gpu-hour X]
+                                       [--only gpus,all_reduce,data,disk,model]
   checks in about a minute what STAGE needs here: GPUs, an all_reduce across them (NCCL; gloo on CPU),
   its data shards (present, valid headers, enough without repeating), free disk, and a few timed
   steps of its model, projecting the stage's wall time and cost. Prints go/no-go; exit 0 go, 1 no-go.
@@ -359,13 +361,16 @@ def main(argv=None, env=None):
 
 
 def run_main(argv, env):
+    # every module now, before any run starts: a git pull during a long stage cannot change the runner
+    from . import launch, preflight  # noqa: F401  (they import this module)
     a = parse_args(argv, env)
     if not a.stage:
         print(usage(env), file=sys.stderr)
         die(f"name a stage: {', '.join(stage_names(env))}")
     if a.stage == "preflight":
-        from . import preflight
         return preflight.main(a, env)
+    if a.only:
+        die("--only belongs to preflight: ./run_experiments.sh preflight STAGE --only data,disk")
     if a.stage == "sweep":
         check_sweep(a)
     elif a.sweep_script or a.sweep_param or a.sweep_values:
@@ -377,8 +382,7 @@ def run_main(argv, env):
         die(f"sweep: {a.scripts_dir}/{a.sweep_script} does not exist (--scripts-dir?)")
     if a.force and a.resume:
         die("--force starts runs over and --resume continues them: pick one")
-    from .launch import Stage
-    return Stage(a, spec, rate, env).go()
+    return launch.Stage(a, spec, rate, env).go()
 
 
 def build_options(a, env, logs_abs):

@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_no_runner_module_imports_torch():
     names = sorted(m.name for m in pkgutil.iter_modules([os.path.join(REPO, "runner")]))
-    assert {"cli", "launch", "plan", "runinfo", "stages"} <= set(names)
+    assert {"cli", "launch", "plan", "runinfo", "stages", "preflight"} <= set(names)
     code = ("import importlib, sys\n"
             f"sys.path.insert(0, {REPO!r})\n"
             f"for n in {names!r}:\n"
