@@ -89,8 +89,9 @@ class StageSpec:
                 f"  {'':<8}   seeds: {' '.join(map(str, self.seeds))}; flags: {' '.join(self.flags) or '(script defaults)'}"]
 
 
-def flag_words(table, where):
-    """{"lmd": "moderate", "compile": True} -> ["--lmd", "moderate", "--compile"]."""
+def flag_words(table, where, negatable=()):
+    """{"lmd": "moderate", "compile": True} -> ["--lmd", "moderate", "--compile"]. false leaves a flag
+    out, except a flag in `negatable` (the script has --no-NAME, checked by runner/plans.py): --no-NAME."""
     words = []
     for key, val in table.items():
         if not FLAG_RE.match(key):
@@ -98,6 +99,8 @@ def flag_words(table, where):
         if isinstance(val, bool):
             if val:
                 words.append(f"--{key}")
+            elif key in negatable:
+                words.append(f"--no-{key}")
         elif isinstance(val, (int, float, str)):
             text = str(val)
             if not text or text.startswith("--"):
@@ -123,10 +126,11 @@ def _seeds(val, where):
     return list(val)
 
 
-def parse_stage(data, name, path="<stage>", env=None):
-    """A StageSpec from a parsed stage file (a dict). `env` supplies iterations_env (os.environ)."""
+def parse_header(data, name, path="<stage>", env=None, known=None):
+    """A StageSpec from a parsed stage file's top-level keys, without its conditions. `known`: the
+    top-level keys allowed (default STAGE_KEYS; a user plan file allows a few more, runner/plans.py)."""
     env = os.environ if env is None else env
-    _check_keys(data, STAGE_KEYS, path)
+    _check_keys(data, known or STAGE_KEYS, path)
     spec = StageSpec(name=name, path=path)
     spec.description = data.get("description", "")
     spec.kind = data.get("kind", "gpu")
@@ -160,24 +164,36 @@ def parse_stage(data, name, path="<stage>", env=None):
     spec.primary_metric = data.get("primary_metric", "val_loss")
     spec.force = data.get("force", False)
     spec.default_logs = data.get("default_logs")
+    return spec
+
+
+def check_condition(c, where, seen, known=None):
+    """The checks every [[conditions]] table gets: a table, known keys of the right types, a name
+    (a directory name, not used before) and a trainer script name. Adds the name to `seen`."""
+    if not isinstance(c, dict):
+        raise PlanError(f"{where} must be a table ([[conditions]])")
+    _check_keys(c, known or CONDITION_KEYS, where)
+    for key in ("name", "script"):
+        if key not in c:
+            raise PlanError(f"{where}: '{key}' is missing")
+    if not NAME_RE.match(c["name"]):
+        raise PlanError(f"{where}: name '{c['name']}' must be letters, digits and _ . = + - (a directory name)")
+    if c["name"] in seen:
+        raise PlanError(f"{where}: condition name '{c['name']}' is used twice")
+    seen.add(c["name"])
+    if "/" in c["script"] or not c["script"].endswith(".py"):
+        raise PlanError(f"{where}: script '{c['script']}' should be a trainer script name, e.g. train_gpt.py")
+    if c.get("processes", 1) < 1:
+        raise PlanError(f"{where}: processes must be >= 1")
+
+
+def parse_stage(data, name, path="<stage>", env=None):
+    """A StageSpec from a parsed stage file (a dict). `env` supplies iterations_env (os.environ)."""
+    spec = parse_header(data, name, path, env)
     seen = set()
     for i, c in enumerate(data.get("conditions", [])):
         where = f"{path}: conditions[{i}]"
-        if not isinstance(c, dict):
-            raise PlanError(f"{where} must be a table ([[conditions]])")
-        _check_keys(c, CONDITION_KEYS, where)
-        for key in ("name", "script"):
-            if key not in c:
-                raise PlanError(f"{where}: '{key}' is missing")
-        if not NAME_RE.match(c["name"]):
-            raise PlanError(f"{where}: name '{c['name']}' must be letters, digits and _ . = + - (a directory name)")
-        if c["name"] in seen:
-            raise PlanError(f"{where}: condition name '{c['name']}' is used twice")
-        seen.add(c["name"])
-        if "/" in c["script"] or not c["script"].endswith(".py"):
-            raise PlanError(f"{where}: script '{c['script']}' should be a trainer script name, e.g. train_gpt.py")
-        if c.get("processes", 1) < 1:
-            raise PlanError(f"{where}: processes must be >= 1")
+        check_condition(c, where, seen)
         spec.conditions.append(Condition(
             name=c["name"], script=c["script"], flags=flag_words(c.get("flags", {}), f"{where}.flags"),
             processes=c.get("processes"), seeds=_seeds(c["seeds"], f"{where}: seeds") if "seeds" in c else None))
@@ -188,16 +204,22 @@ def parse_stage(data, name, path="<stage>", env=None):
     return spec
 
 
-def load_stage_file(path, name=None, env=None):
-    name = name or os.path.splitext(os.path.basename(path))[0]
+def read_toml(path):
+    """The parsed TOML file, or a one-line PlanError."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
         raise PlanError(f"{path}: cannot read it ({e.strerror})")
     except tomllib.TOMLDecodeError as e:
         raise PlanError(f"{path}: not valid TOML ({e})")
-    return parse_stage(data, name, path, env)
+    except UnicodeDecodeError:
+        raise PlanError(f"{path}: not a text file (TOML is UTF-8 text)")
+
+
+def load_stage_file(path, name=None, env=None):
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    return parse_stage(read_toml(path), name, path, env)
 
 
 def builtin_names(plans_dir=PLANS_DIR):
