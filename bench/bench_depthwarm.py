@@ -4,6 +4,10 @@
     python bench/bench_depthwarm.py --rounds 20 --threads 1
     python bench/bench_depthwarm.py --compile             # per-block torch.compile, as the trainer does
     torchrun --standalone --nproc_per_node=2 bench/bench_depthwarm.py --threads 1   # 2 gloo ranks, + a DDP row
+    torchrun --standalone --nproc_per_node=8 bench/bench_depthwarm.py --device cuda --dtype bfloat16  # 8 GPUs
+
+`--device` is cpu unless given. On CUDA every rank times its own GPU (cuda:<LOCAL_RANK>, set as the
+current device), and the header names the GPU and its measured matmul peak instead of the CPU's.
 
 One step is what the trainer does: forward and backward over the active blocks, the gradient average
 (sync_gradients), Muon and AdamW, zero_grad. Conditions:
@@ -31,7 +35,7 @@ import torch.distributed as dist
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from peak import load_script, measure_peak_flops  # noqa: E402
+from peak import load_script, measure_peak_flops, rank_device  # noqa: E402
 
 
 def load_trainer():
@@ -68,18 +72,23 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
     ap.add_argument("--compile", action="store_true", help="torch.compile each block (the trainer's --compile)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (default) or cuda: one GPU per rank")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     distributed = "RANK" in os.environ
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", 0))) if args.device == "cuda" else torch.device("cpu")
+    try:
+        device = rank_device(args.device, int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count())
+    except ValueError as e:
+        sys.exit(f"bench_depthwarm.py: error: {e}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # each rank its own GPU: kernels, sync and NCCL all on cuda:<local rank>
     if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     dw = load_trainer()
     a, _ = dw.parse_args(["--n_layer", str(args.n_layer), "--num_iterations", "3000"])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     amp = getattr(torch, args.dtype)
     ctx = torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32)
     g = torch.Generator().manual_seed(0)
@@ -91,7 +100,8 @@ def main():
         m = dw.GPT(args.vocab_size, args.n_layer, args.n_head, args.n_embd).to(device)
         if args.compile:
             dw.compile_blocks(m)
-        wrapped = torch.nn.parallel.DistributedDataParallel(m) if ddp else m
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(m, device_ids=ids) if ddp else m
         opts = [torch.optim.AdamW([m.lm_head.weight], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0),
                 dw.Muon([dict(params=list(m.blocks.parameters()), momentum=0.95)], lr=1e-4, rank=rank, world_size=world)]
         return m, wrapped, opts
@@ -142,13 +152,15 @@ def main():
         dist.destroy_process_group()
         return
     L, d, V, T = args.n_layer, args.n_embd, args.vocab_size, args.seq_len
-    peak32 = measure_peak_flops(torch.float32)
-    peak16 = measure_peak_flops(torch.bfloat16)
+    peak32 = measure_peak_flops(torch.float32, device=device)
+    peak16 = measure_peak_flops(torch.bfloat16, device=device)
+    where = f"{device} ({torch.cuda.get_device_name(device)}), one GPU per rank" if device.type == "cuda" else \
+        f"cpu, {torch.get_num_threads()} threads"
     print(f"shape: {L} blocks x width {d}, {args.n_head} heads, vocab {V}, {args.batch} x {T} tokens per process; "
-          f"{world} process(es), {torch.get_num_threads()} threads, autocast {args.dtype}, "
-          f"{'per-block compile' if args.compile else 'eager'}, device {device.type}")
-    print(f"measured matmul peak in this process: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s "
-          f"(the machine may be shared: compare ratios within one run)")
+          f"{world} process(es), device {where}, autocast {args.dtype}, "
+          f"{'per-block compile' if args.compile else 'eager'}")
+    print(f"measured matmul peak on rank 0's {device.type.upper()}: fp32 {peak32 / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak16 / 1e9:.0f} GFLOP/s (the machine may be shared: compare ratios within one run)")
     med_all = statistics.median(times["all"])
     mean_all = statistics.fmean(times["all"])
     # the FLOP ratio of the masks actually drawn in the timed rounds (their mean active count)

@@ -4,6 +4,11 @@ preset (CPU), a few seeds each.
     python bench/bench_variants.py                       # seeds 1 2 3, the tiny preset's 150 steps, 1 thread
     python bench/bench_variants.py --seeds 1 --num_iterations 30 --out /tmp/bv   # a quick look
     python bench/bench_variants.py --step_timing         # step time of each model, alternated in one process
+    python bench/bench_variants.py --device cuda         # on a GPU host: every run alone on the first visible GPU
+
+`--device` is cpu unless given (it is passed to every trainer as `--device`), so a GPU host runs on its
+GPU only when asked. With cuda the runs still go one at a time, each with CUDA_VISIBLE_DEVICES set to
+one GPU: no two runs share a GPU.
 
 Every run is a fresh process (`python train_gpt*.py --preset tiny --seed S --out_dir OUT/<config>/seed_S`),
 in the order seed 1 of every config, then seed 2 of every config, ..., so that a change of load on a
@@ -27,6 +32,8 @@ import time
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+from peak import load_script, rank_device, visible_gpu_ids  # noqa: E402
 CONFIGS = [  # name, script, extra flags
     ("baseline", "train_gpt.py", []),
     ("palm", "train_gpt_palm.py", []),
@@ -45,10 +52,10 @@ def read_summary(d):
         return None
 
 
-def step_timing(repeats, threads):
+def step_timing(repeats, threads, device):
     """Median time of one tiny-preset training step per config, configs alternated in one process."""
-    from peak import load_script
     torch.set_num_threads(threads)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     mods = {s: load_script(s) for s in ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py")}
     t = mods["train_gpt.py"].PRESETS["tiny"]
     V, L, H, C, T, B = t["vocab_size"], t["n_layer"], t["n_head"], t["n_embd"], t["sequence_length"], t["device_batch_size"]
@@ -57,7 +64,7 @@ def step_timing(repeats, threads):
     for name, script, extra in CONFIGS:
         mod = mods[script]
         torch.manual_seed(0)
-        model = mod.GPT(V, L, H, C)
+        model = mod.GPT(V, L, H, C).to(device)
         adam = torch.optim.AdamW([model.lm_head.weight], lr=t["learning_rate"], betas=(0.9, 0.95), weight_decay=0)
         if script == "train_gpt_lmd.py":  # the groups the script builds: one per block, its own momentum
             first, last = mod.LMD_PRESETS[extra[1]]
@@ -68,7 +75,7 @@ def step_timing(repeats, threads):
         muon = mod.Muon(groups, lr=0.1 * t["learning_rate"])
         setups.append((name, model, [adam, muon]))
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, V, (B, T + 1), generator=g) for _ in range(accum)]
+    batches = [torch.randint(0, V, (B, T + 1), generator=g).to(device) for _ in range(accum)]
 
     def one_step(model, opts):
         for xy in batches:
@@ -79,13 +86,15 @@ def step_timing(repeats, threads):
     times = {name: [] for name, _, _ in setups}
     for r in range(repeats + 2):  # the first two rounds warm up allocators and caches
         for name, model, opts in setups:
+            sync()
             t0 = time.perf_counter()
             one_step(model, opts)
+            sync()
             if r >= 2:
                 times[name].append(time.perf_counter() - t0)
     tokens = t["batch_size"] * T
     base = statistics.median(times["baseline"])
-    print(f"# one training step of the tiny preset ({tokens} tokens), {threads} thread(s), median of {repeats}, "
+    print(f"# one training step of the tiny preset ({tokens} tokens), device {device}, {threads} thread(s), median of {repeats}, "
           f"configs alternated; load average {os.getloadavg()[0]:.1f}")
     print("| config | step ms median | tokens/s | step time vs baseline |\n|---|---|---|---|")
     for name, _, _ in setups:
@@ -104,9 +113,21 @@ def main():
                    help="OMP_NUM_THREADS of each run (1: on a shared machine two OpenMP threads wait on each other)")
     p.add_argument("--step_timing", action="store_true", help="time one training step per config instead")
     p.add_argument("--repeats", type=int, default=30, help="--step_timing: steps timed per config")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (default) or cuda: passed to every trainer; one run at a time, one GPU each")
     a = p.parse_args()
+    try:
+        device = rank_device(a.device, 0, torch.cuda.device_count())
+    except ValueError as e:
+        print(f"bench_variants.py: error: {e}", file=sys.stderr)
+        return 2
+    run_env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    if device.type == "cuda":
+        gpu = visible_gpu_ids(os.environ, torch.cuda.device_count())[0]
+        run_env["CUDA_VISIBLE_DEVICES"] = gpu
+        print(f"# device cuda: each run alone on GPU {gpu} ({torch.cuda.get_device_name(device)})")
     if a.step_timing:
-        return step_timing(a.repeats, a.threads)
+        return step_timing(a.repeats, a.threads, device)
     configs = [c for c in CONFIGS if not a.only or c[0] in a.only]
     if not os.path.exists(os.path.join(REPO, "data", "shakespeare_char")):
         print("error: no data/shakespeare_char; run `python data/prepare_shakespeare.py` first", file=sys.stderr)
@@ -123,11 +144,11 @@ def main():
                     os.replace(d, f"{d}.unfinished_{int(time.time())}")
                 os.makedirs(os.path.dirname(d), exist_ok=True)
                 cmd = [sys.executable, os.path.join(REPO, script), "--preset", "tiny", "--seed", str(seed), *extra,
-                       "--out_dir", d]
+                       "--device", a.device, "--out_dir", d]
                 if a.num_iterations:
                     cmd += ["--num_iterations", str(a.num_iterations)]
                 t0 = time.time()
-                r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+                r = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
                 with open(os.path.join(os.path.dirname(d), f"seed_{seed}.log"), "w") as f:
                     f.write(r.stdout + r.stderr)
                 s = read_summary(d)

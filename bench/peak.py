@@ -1,5 +1,6 @@
-"""Measured bf16 / fp32 matmul throughput of this machine, the denominator of every MFU figure in bench/
-(and `load_script`, how the benchmarks import a training script).
+"""Measured bf16 / fp32 matmul throughput of this machine, the denominator of every MFU figure in bench/,
+and what the benchmarks share: `load_script` (import a training script) and the device choice
+(`rank_device`, `assign_gpus`: which GPU each process or concurrent run times on).
 
 Benchmarks call `measure_peak_flops()` in the same process as the thing they time, so the fraction
 they print compares like with like (same threads, same load from other processes).
@@ -24,20 +25,60 @@ def load_script(filename):
     return mod
 
 
+def rank_device(kind, local_rank, n_visible):
+    """The device one process of a benchmark times on: cpu, or cuda:<local rank> so that every rank of a
+    torchrun job has a GPU of its own. ValueError (one line, for the caller to print) when that cannot be."""
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind != "cuda":
+        raise ValueError(f"--device {kind!r}: use cpu or cuda")
+    if n_visible == 0:
+        raise ValueError("--device cuda but no CUDA device is visible; use --device cpu")
+    if local_rank >= n_visible:
+        raise ValueError(f"local rank {local_rank} needs a GPU of its own but {n_visible} are visible; "
+                         f"start at most {n_visible} processes per node")
+    return torch.device("cuda", local_rank)
+
+
+def visible_gpu_ids(environ, count):
+    """The ids a child process can be given in CUDA_VISIBLE_DEVICES: this process's own list when it
+    has one (so a parent restricted to GPUs 3,5 hands out 3 and 5), else 0 .. count-1."""
+    own = environ.get("CUDA_VISIBLE_DEVICES")
+    if own is not None:
+        return [g.strip() for g in own.split(",") if g.strip()]
+    return [str(i) for i in range(count)]
+
+
+def assign_gpus(n_concurrent, gpu_ids):
+    """CUDA_VISIBLE_DEVICES for each of `n_concurrent` run slots that run at the same time: a GPU of its
+    own per slot while there are enough, else round-robin. Returns (ids per slot, None or a line that
+    says which slots share a GPU, for the benchmark to print)."""
+    if not gpu_ids:
+        raise ValueError("--device cuda but no CUDA device is visible; use --device cpu")
+    ids = [gpu_ids[i % len(gpu_ids)] for i in range(n_concurrent)]
+    if n_concurrent <= len(gpu_ids):
+        return ids, None
+    shared = {g: [i for i, x in enumerate(ids) if x == g] for g in gpu_ids}
+    detail = ", ".join(f"GPU {g}: slots {' '.join(map(str, s))}" for g, s in shared.items() if len(s) > 1)
+    return ids, (f"note: {n_concurrent} runs at a time on {len(gpu_ids)} GPU(s), so runs SHARE GPUs "
+                 f"({detail}); their timings are not those of a GPU alone")
+
+
 def measure_peak_flops(dtype=torch.bfloat16, n=2048, repeats=7, device="cpu"):
-    """Median FLOP/s of an n x n x n matmul (2 n^3 FLOPs) over `repeats` timed calls after warm-up."""
+    """Median FLOP/s of an n x n x n matmul (2 n^3 FLOPs) over `repeats` timed calls after warm-up,
+    on `device` (a CPU or one GPU)."""
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
         torch.mm(a, b)
     times = []
     for _ in range(repeats):
-        if device != "cpu":
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         torch.mm(a, b)
-        if device != "cpu":
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times)
 

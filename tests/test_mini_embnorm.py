@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "data"))
 import prepare_shakespeare as prep  # noqa: E402
+from conftest import load_script  # noqa: E402
 import train_mini_embnorm as mini  # noqa: E402
 
 TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "4", "--seq_len", "16", "--batch_size", "4",
@@ -243,3 +244,59 @@ def test_full_disk_when_writing_the_summary_leaves_no_temp_file(data_dir, tmp_pa
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "summary.json: cannot write (No space left on device)" in err
     assert os.listdir(tmp_path / "o") == ["metrics.jsonl"]  # no summary, no summary.json.tmp*
+
+
+# ----------------------------------------------------------------------------- the benchmarks' device choice
+# (bench/peak.py, used by bench_mini_embnorm.py, bench_variants.py and bench_depthwarm.py; checked on CPU)
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import peak  # noqa: E402
+
+
+def test_each_rank_gets_its_own_gpu_or_a_one_line_refusal():
+    assert peak.rank_device("cpu", 5, 0) == torch.device("cpu")
+    assert [peak.rank_device("cuda", r, 8) for r in range(8)] == [torch.device("cuda", r) for r in range(8)]
+    with pytest.raises(ValueError, match="local rank 8 needs a GPU of its own but 8 are visible"):
+        peak.rank_device("cuda", 8, 8)
+    with pytest.raises(ValueError, match="no CUDA device is visible; use --device cpu"):
+        peak.rank_device("cuda", 0, 0)
+
+
+def test_concurrent_runs_get_distinct_gpus_and_sharing_is_said():
+    assert peak.visible_gpu_ids({}, 3) == ["0", "1", "2"]
+    assert peak.visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "3, 5"}, 2) == ["3", "5"]
+    assert peak.assign_gpus(2, ["3", "5", "6"]) == (["3", "5"], None)
+    ids, note = peak.assign_gpus(3, ["3", "5"])
+    assert ids == ["3", "5", "3"] and "SHARE" in note and "GPU 3: slots 0 2" in note and "GPU 5" not in note
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        peak.assign_gpus(1, [])
+
+
+def test_bench_study_defaults_to_cpu_and_gives_each_cuda_run_its_own_gpu(tmp_path, monkeypatch, capsys):
+    bench = load_script(os.path.join(REPO, "bench", "bench_mini_embnorm.py"), "bench_mini_embnorm_t")
+    assert bench.parse_args([]).device == "cpu"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--malloc", "--device", "cuda"])
+    started = []
+
+    class Done:  # a run that has already finished
+        returncode = 0
+
+        def __init__(self, cmd, env, **kw):
+            started.append((cmd, env.get("CUDA_VISIBLE_DEVICES")))
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(bench.subprocess, "Popen", Done)
+    monkeypatch.setattr(bench.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = bench.parse_args(["--study", "--device", "cuda", "--jobs", "2", "--seeds", "1", "--variants", "baseline",
+                             "layernorm", "--study_dir", str(tmp_path)])
+    assert bench.run_study(args) == 0
+    assert [gpu for _, gpu in started] == ["0", "1"]
+    assert all(cmd[cmd.index("--device") + 1] == "cuda" for cmd, _ in started)
+    assert "has a GPU of its own: 0, 1" in capsys.readouterr().out
+    started.clear()
+    assert bench.run_study(bench.parse_args(["--study", "--seeds", "1", "--variants", "baseline",
+                                             "--study_dir", str(tmp_path / "cpu")])) == 0
+    assert started[0][0][started[0][0].index("--device") + 1] == "cpu" and started[0][1] is None
