@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cost as cost_mod
+from . import plans as plans_mod
 from . import planner, rules
 from . import stats as st
 
@@ -431,22 +432,6 @@ def eval_repr(s):
         return s
 
 
-def sweep_baseline(conds, names):
-    """The baseline a runner sweep names in <stage>/sweep.json (its first value), if it is a condition."""
-    import json
-    import os
-    for c in conds:
-        if c.source != "rundir" or not c.path:
-            continue
-        try:
-            with open(os.path.join(os.path.dirname(os.path.abspath(c.path)), "sweep.json")) as f:
-                b = json.load(f).get("baseline")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return b if b in names else None
-    return None
-
-
 @dataclass
 class ConditionSummary(st.Record):
     name: str
@@ -593,10 +578,13 @@ def analyse_stage(stage, conds, settings):
     names = [c.name for c in conds]
     baseline = settings["baseline"] if settings["baseline"] in names else None
     notes = []
-    if baseline is None and (swb := sweep_baseline(conds, names)) is not None:
-        baseline = swb
-        notes.append(f"stage {stage}: no condition named {settings['baseline']!r}; the sweep's first value "
-                     f"{swb!r} (sweep.json) is the baseline of its comparisons")
+    if baseline is None:
+        swb, where = plans_mod.recorded_baseline(conds, names)
+        if swb is not None:
+            baseline = swb
+            notes.append(f"stage {stage}: no condition named {settings['baseline']!r}; "
+                         + (f"the sweep's first value {swb!r} (sweep.json)" if where == "sweep.json"
+                            else f"the plan's baseline {swb!r} (plan.json)") + " is the baseline of its comparisons")
     for c in conds:
         notes.extend(c.notes)
         for r in c.runs:
@@ -663,29 +651,8 @@ def analyse_stage(stage, conds, settings):
             for m in metrics:
                 comparisons.append(compare(bcond, c, m, settings, stage))
     dynamics, val_curves, train_curves = training_dynamics(conds, baseline, settings)
-    sweeps = []
-    for param, fixed, members in find_sweeps(configs):
-        rows = []
-        sweep_metric = metrics[0] if metrics else None
-        for n in members:
-            cd = next(x for x in conditions if x.name == n)
-            d = descriptive[n].get(sweep_metric) if sweep_metric else None
-            cobj = next(x for x in conds if x.name == n)
-            ppl = [r.metrics.get("val_ppl", math.exp(r.metrics["val_loss"]) if "val_loss" in r.metrics and r.metrics["val_loss"] < 700 else None)
-                   for r in cobj.finished_runs]
-            ppl = [p for p in ppl if p is not None]
-            rt = [r.metrics.get("train_time_s", r.metrics.get("wall_time_s")) for r in cobj.finished_runs]
-            rt = [x for x in rt if x is not None]
-            reasons = sorted({r.reason for r in cobj.runs if not r.finished and r.reason})
-            rows.append(dict(value=configs[n][param], condition=n, runs=cd.runs,
-                             finished=cd.outcomes.get("finished", 0), diverged=cd.outcomes.get("diverged", 0),
-                             crashed=cd.outcomes.get("crashed", 0),
-                             other=cd.runs - sum(cd.outcomes.get(k, 0) for k in ("finished", "diverged", "crashed")),
-                             metric_mean=d.mean if d else None, metric_sd=d.std if d else None,
-                             values=[r.metrics[sweep_metric] for r in cobj.finished_runs if sweep_metric in r.metrics],
-                             val_ppl=float(np.mean(ppl)) if ppl else None,
-                             runtime_s=float(np.mean(rt)) if rt else None, reasons=reasons))
-        sweeps.append(dict(param=param, fixed=fixed, metric=sweep_metric, rows=rows))
+    # every sweep (a plan's groups, a runner sweep, or inferred from the configs): analysis/plans.py
+    sweeps = plans_mod.stage_sweeps(conds, conditions, descriptive, metrics, cond_costs, configs, find_sweeps(configs))
     applies = dynamics.target_applies
     stage_rules = acceptance(conds, baseline, settings, val_curves, applies) if "val_loss" in metrics else []
     plan = make_plan(conds, baseline, comparisons, settings, cond_costs, applies) if "val_loss" in metrics else []

@@ -274,3 +274,36 @@ def sweep(path, param, metric, rows):
     ax.grid(alpha=0.3)
     _layout(fig)
     return _save(fig, path)
+
+
+def heatmap(path, yname, xname, ys, xs, cells, metric):
+    """A two-flag grid: the metric's mean per cell (darker = lower); cells without a finished run
+    show their state (diverged, crashed) instead of a number. `cells` are rows (dicts with
+    metric_mean, diverged, crashed) or None, ys x xs."""
+    vals = np.array([[np.nan if c is None or c["metric_mean"] is None else c["metric_mean"] for c in line]
+                     for line in cells], float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(xs), 1.4 + 0.8 * len(ys)))
+    finite = vals[np.isfinite(vals)]
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap="viridis", aspect="auto",
+                   vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
+    ax.set_facecolor("#dddddd")
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i, line in enumerate(cells):
+        for j, c in enumerate(line):
+            if c is None:
+                text, dark = "no run", False
+            elif np.isfinite(vals[i, j]):
+                text, dark = f"{vals[i, j]:.4g}", vals[i, j] < mid
+            else:
+                text, dark = ("diverged" if c["diverged"] else "crashed" if c["crashed"] else "no result"), False
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels(xs, fontsize=8)
+    ax.set_yticks(range(len(ys)))
+    ax.set_yticklabels(ys, fontsize=8)
+    ax.set_xlabel(xname)
+    ax.set_ylabel(yname)
+    ax.set_title(f"{metric} (mean over finished runs)", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.subplots_adjust(left=0.22, right=0.9, bottom=0.2, top=0.85)
+    return _save(fig, path)

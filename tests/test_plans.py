@@ -364,7 +364,7 @@ def test_example_plan_runs_end_to_end_and_reports_tables_heat_map_and_threshold(
     and a small validation set (after --, so the plan's own flags stay as written)."""
     logs = tmp_path / "logs"
     shrink = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--sequence_length", "32", "--val_tokens", "2048"]
-    p = runner(["plan", EXAMPLE, "--logs", str(logs), "--iterations", "4", "--", *shrink], REPO)
+    p = runner(["plan", EXAMPLE, "--logs", str(logs), "--iterations", "4", "--jobs", "2", "--", *shrink], REPO)
     out = p.stdout + p.stderr
     assert p.returncode == 1, out  # the 1e30 run diverges; every other run finishes
     stage = logs / "tiny_study"
@@ -373,7 +373,7 @@ def test_example_plan_runs_end_to_end_and_reports_tables_heat_map_and_threshold(
     st = {d: json.loads((stage / d / "seed_42" / "summary.json").read_text()) for d in runs}
     assert st["learning_rate=1e+30"]["status"] == "diverged"
     assert all(s["status"] == "ok" for d, s in st.items() if d != "learning_rate=1e+30"), out
-    assert st["no_nesterov"]["config"]["muon_nesterov"] is False and st["no_warmdown"]["config"]["warmdown_iters"] == 0
+    assert st["no_momentum"]["config"]["muon_momentum"] == 0 and st["no_warmdown"]["config"]["warmdown_iters"] == 0
     assert st["batch_size=64,learning_rate=0.028"]["config"]["batch_size"] == 64
     report = tmp_path / "report.md"
     a = subprocess.run([sys.executable, os.path.join(REPO, "analyze.py"), "--logs", str(logs), "--out", str(report),
