@@ -10,9 +10,9 @@ tests/test_variants.py checks that, and docs/variants.md says how to re-sync aft
 
 Run: `python train_gpt_palm.py --preset tiny` (CPU), `torchrun --standalone --nproc_per_node=8
 train_gpt_palm.py` (8 GPUs). summary.json's variant is "palm". Format: docs/RUN_FORMAT.md.
-Synced with train_gpt.py git blob 7c36e2f6c32fe231f4d806a58b28b2a7f4bed694.
+Synced with train_gpt.py git blob 6d4d367ceab0d4f9eecfb1610282007de49b876f.
 """
-import argparse, contextlib, dataclasses, glob, json, math, os, platform, random, resource, shutil, signal, socket
+import argparse, contextlib, dataclasses, glob, json, math, os, platform, resource, shutil, signal, socket
 import subprocess, sys, time, traceback, uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,33 +32,28 @@ SCRIPT_DIR = os.path.dirname(SCRIPT_PATH)
 # Muon: momentum, then the update orthogonalised by a Newton-Schulz iteration
 
 def newton_schulz5(G, steps=5, eps=1e-7):
-    """Approximately orthogonalise G (replace its singular values by ~1) with the quintic iteration
-    X <- aX + b(XX^T)X + c(XX^T)^2 X. The coefficients push small singular values up fast at the price
-    of not converging exactly to 1, which does not hurt training. Runs in bfloat16 on every device."""
+    """Approximately orthogonalise G (singular values -> ~1) by the quintic X <- aX + b(XX^T)X + c(XX^T)^2 X,
+    whose coefficients trade exact convergence for speed. Runs in bfloat16 on every device."""
     assert G.ndim == 2
     a, b, c = (3.4445, -4.7750, 2.0315)
     X = G.bfloat16()
     X = X / (X.norm() + eps)  # singular values <= 1, where the iteration is stable
-    transposed = X.size(0) > X.size(1)
-    if transposed:  # rows <= columns keeps X X^T the small Gram matrix
+    if G.size(0) > G.size(1):  # rows <= columns keeps X X^T the small Gram matrix
         X = X.T
     for _ in range(steps):
         A = X @ X.T
         B = b * A + c * (A @ A)
         X = a * X + B @ X
-    return X.T if transposed else X
+    return X.T if G.size(0) > G.size(1) else X
 
 class Muon(torch.optim.Optimizer):
-    """Momentum (optionally Nesterov) followed by orthogonalisation, `p -= lr * sqrt(max(rows, cols)) * X`.
+    """Momentum (Nesterov by default), then orthogonalisation: `p -= lr * sqrt(max(rows, cols)) * X`.
+    Every rank keeps every momentum buffer (gradients are averaged everywhere, so a checkpoint from rank 0
+    is complete), but orthogonalises only every world_size-th matrix of a shape; the results are
+    all-gathered. Groups may carry their own `momentum`; `orthogonalise` replaces newton_schulz5."""
 
-    Every rank keeps the momentum of every matrix (the gradients are already averaged everywhere, so
-    this is cheap and makes a checkpoint from rank 0 complete), but each rank orthogonalises only
-    every world_size-th matrix of each shape; the results are all-gathered so that all ranks apply
-    the same update. Groups may carry their own `momentum`; `orthogonalise` replaces newton_schulz5."""
-
-    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, rank=0, world_size=1,
-                 orthogonalise=None):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, rank=0, world_size=1, orthogonalise=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov))
         self.rank, self.world_size, self.orthogonalise = rank, world_size, orthogonalise
 
     @torch.no_grad()
@@ -79,8 +74,7 @@ class Muon(torch.optim.Optimizer):
         for shape, items in by_shape.items():
             for base in range(0, len(items), self.world_size):
                 if base + self.rank < len(items):
-                    _, g, group = items[base + self.rank]
-                    update = ns(g, steps=group["ns_steps"])
+                    update = ns(items[base + self.rank][1])
                 else:  # this rank has no matrix left in the round; it still joins the all_gather
                     update = torch.zeros(shape, dtype=torch.bfloat16, device=items[0][0].device)
                 gathered = [update]
@@ -180,15 +174,16 @@ def muon_groups(model, a):
 
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 
-class DataError(Exception):
-    """Bad or missing data; the message is one line naming the file and what to do."""
+class ConfigError(Exception):
+    """A flag, a combination of flags or data that cannot work; the message is one line naming the flag or
+    file and what to do."""
 
 def open_shard(path, hint):
     """Check the header against the file size and return the tokens as a read-only memory map."""
     try:
         size, header = os.path.getsize(path), np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     except OSError as e:
-        raise DataError(f"cannot read shard {path}: {e.strerror}; {hint}")
+        raise ConfigError(f"cannot read shard {path}: {e.strerror}; {hint}")
     magic, version, ntok = (int(v) for v in header[:3]) if len(header) == HEADER_INTS else (None, None, 0)
     for bad, why in [(magic is None, "is shorter than its 1024-byte header"),
                      (magic != SHARD_MAGIC, f"has magic {magic}, expected {SHARD_MAGIC} (not a token shard)"),
@@ -196,7 +191,7 @@ def open_shard(path, hint):
                      (ntok <= 0 or size != HEADER_INTS * 4 + 2 * ntok, f"is {size} bytes but its header promises {ntok} "
                       f"tokens ({HEADER_INTS * 4 + 2 * ntok} bytes): truncated or corrupt")]:
         if bad:
-            raise DataError(f"shard {path} {why}; {hint}")
+            raise ConfigError(f"shard {path} {why}; {hint}")
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_INTS * 4, shape=(ntok,))
 
 class DataLoader:
@@ -267,18 +262,12 @@ class Hyperparameters:  # default paths are relative to this script's directory,
     input_bin: str = flag("data/fineweb10B/fineweb_train_*.bin", "train shards (glob)")
     input_val_bin: str = flag("data/fineweb10B/fineweb_val_*.bin", "val shards (glob)")
     batch_size: int = flag(8 * 64, "global batch, sequences")
-    device_batch_size: int = flag(64, "sequences per process per micro-step; unless given, the largest size <= this "
-                                      "that divides batch_size / processes")
+    device_batch_size: int = flag(64, "sequences per process per micro-step (not given: the largest <= this that fits)")
     sequence_length: int = flag(1024, "tokens per sequence")
     num_iterations: int = flag(5100, "optimiser steps")
     learning_rate: float = flag(0.0036, "AdamW lr (embedding/head)")
     muon_lr_ratio: float = flag(0.1, "Muon lr = ratio x learning_rate")
     muon_momentum: float = flag(0.95, "Muon momentum")
-    muon_nesterov: bool = flag(True, "Nesterov momentum in Muon")
-    ns_steps: int = flag(5, "Newton-Schulz iterations")
-    adam_beta1: float = flag(0.9, "AdamW beta1")
-    adam_beta2: float = flag(0.95, "AdamW beta2")
-    weight_decay: float = flag(0.0, "AdamW weight decay")
     warmup_iters: int = flag(0, "linear LR warm-up steps")
     warmdown_iters: int = flag(1450, "linear LR decay to 0 over the last N steps")
     vocab_size: int = flag(50304, "GPT-2's 50,257 padded to a multiple of 128")
@@ -289,10 +278,9 @@ class Hyperparameters:  # default paths are relative to this script's directory,
     val_tokens: int = flag(10485760, "validation tokens, a fixed prefix of the val shards")
     seed: int = flag(0, "initialisation and data order (shard order, start offset)")
     device: str = flag("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = flag("auto", "autocast dtype: auto = bfloat16 on cuda, float32 on cpu",
-                      choices=["auto", "bfloat16", "float32"])
-    compile: str = flag("auto", "torch.compile the model (and Newton-Schulz on cuda): auto = on for cuda; a bare "
-                                "--compile means on", choices=["auto", "on", "off"], const="on")
+    dtype: str = flag("auto", "autocast: auto = bf16 on cuda, fp32 on cpu", choices=["auto", "bfloat16", "float32"])
+    compile: str = flag("auto", "torch.compile: auto = on for cuda; bare --compile: on", choices=["auto", "on", "off"],
+                        const="on")
     check_every: int = flag(10, "several processes: they agree on stop requests and non-finite losses every N steps")
     dist_timeout: int = flag(600, "several processes: seconds one waits for the others (start, a collective)")
     out_dir: str = flag("", "run directory; empty: a fresh logs/<id>/ next to this script")
@@ -312,23 +300,16 @@ PRESETS = {"tiny": dict(
 RESUME_MAY_CHANGE = {"device", "compile", "check_every", "dist_timeout", "save_every", "keep_checkpoints", "resume",
                      "out_dir"}
 
-class ConfigError(Exception):
-    """A flag or combination that cannot work; the message names the flag."""
-
 def build_parser():
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], prog=os.path.basename(SCRIPT_PATH),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="presets: " + "; ".join(f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items()) for k, d in PRESETS.items()))
     for f in dataclasses.fields(Hyperparameters):
-        md = dict(f.metadata)
-        kw = dict(default=f.default, help=md["help"], choices=md.get("choices"))
-        if f.type in (bool, "bool"):
-            kw = dict(default=f.default, help=md["help"], action=argparse.BooleanOptionalAction)
+        kw = dict(f.metadata, default=f.default)
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            if "const" in md:
-                kw.update(nargs="?", const=md["const"])
+            kw.update(type=f.type, nargs="?" if "const" in kw else None)
         p.add_argument(f"--{f.name}", **kw)
     return p
 
@@ -361,68 +342,70 @@ def device_batch(batch_size, device_batch_size, world_size, sequence_length, val
         raise ConfigError(f"--val_tokens {val_tokens} is not divisible by --sequence_length x processes = "
                           f"{sequence_length * world_size}")
     per_rank, val_seqs = batch_size // world_size, val_tokens // (sequence_length * world_size)
-    if typed and per_rank % device_batch_size:
-        raise ConfigError(f"--batch_size {batch_size} is not divisible by --device_batch_size {device_batch_size} "
-                          f"x {world_size} processes")
-    if typed and val_seqs % device_batch_size:
-        raise ConfigError(f"--val_tokens {val_tokens} is not divisible by --device_batch_size x --sequence_length x "
-                          f"processes = {device_batch_size * sequence_length * world_size}")
+    if typed and (per_rank % device_batch_size or val_seqs % device_batch_size):
+        raise ConfigError(f"--batch_size {batch_size} and --val_tokens / --sequence_length {val_seqs * world_size} "
+                          f"are not both divisible by --device_batch_size {device_batch_size} x {world_size} processes")
     return max(d for d in range(1, device_batch_size + 1) if per_rank % d == 0 and val_seqs % d == 0)
 
 def validate_static(a, world_size, given=()):
-    if a.num_iterations < 1:
-        raise ConfigError(f"--num_iterations must be >= 1 (got {a.num_iterations})")
-    for name in ("batch_size", "device_batch_size", "sequence_length", "vocab_size", "n_layer", "n_head", "n_embd",
-                 "val_tokens", "ns_steps", "keep_checkpoints", "check_every", "dist_timeout"):
+    for name in ("num_iterations", "batch_size", "device_batch_size", "sequence_length", "vocab_size", "n_layer",
+                 "n_head", "n_embd", "val_tokens", "keep_checkpoints", "check_every", "dist_timeout"):
         if getattr(a, name) < 1:
             raise ConfigError(f"--{name} must be >= 1 (got {getattr(a, name)})")
     for name in ("val_loss_every", "save_every", "warmup_iters", "warmdown_iters"):
         if getattr(a, name) < 0:
             raise ConfigError(f"--{name} must be >= 0 (got {getattr(a, name)})")
-    a.device_batch_size = device_batch(a.batch_size, a.device_batch_size, world_size, a.sequence_length,
-                                       a.val_tokens, "device_batch_size" in given or bool(a.resume))
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
+    for name in ("summary.json", "metrics.jsonl", "checkpoints"):
+        if a.out_dir and not a.resume and os.path.exists(os.path.join(a.out_dir, name)):
+            raise ConfigError(f"--out_dir {a.out_dir} already holds a run ({name}); choose a new one or --resume it")
+    d = device_batch(a.batch_size, a.device_batch_size, world_size, a.sequence_length, a.val_tokens,
+                     "device_batch_size" in given or bool(a.resume))
+    if d != a.device_batch_size:
+        print0(f"device batch: {d} sequences per process per micro-step (the largest <= {a.device_batch_size} "
+               f"that divides {a.batch_size} sequences over {world_size} processes)")
+    a.device_batch_size = d
     if a.n_embd % a.n_head or (a.n_embd // a.n_head) % 2:
-        raise ConfigError(f"--n_embd {a.n_embd} must be divisible by --n_head {a.n_head} into an even head size (rotary)")
+        raise ConfigError(f"--n_embd {a.n_embd} must split over --n_head {a.n_head} into an even head size (rotary)")
     if a.vocab_size > 65536:
         raise ConfigError(f"--vocab_size {a.vocab_size} does not fit the uint16 tokens of the shards")
     if a.learning_rate <= 0 or not math.isfinite(a.learning_rate):
         raise ConfigError(f"--learning_rate must be a positive number (got {a.learning_rate})")
 
-def how_to_get(pattern_default, needed_shards=None):
-    if "shakespeare" in pattern_default:
+def how_to_get(a, given, flag_name, shards_needed):
+    if flag_name in given:
+        return f"check --{flag_name}"
+    if "shakespeare" in getattr(a, flag_name):
         return "run `python data/prepare_shakespeare.py`"
-    if "fineweb" in pattern_default:
-        return f"run `python data/cached_fineweb10B.py {needed_shards or 1}`"
-    return "pass the shards with --input_bin/--input_val_bin"
+    return f"run `python data/cached_fineweb10B.py {shards_needed}`"
 
 def open_data(a, given, world_size):
     """Open and check every shard; returns (train shards in seed order, start offset, val shards)."""
-    out = []
-    for flag_name in ("input_bin", "input_val_bin"):
-        path = resolve_path(getattr(a, flag_name))
-        needed = min(103, math.ceil(a.num_iterations * a.batch_size * a.sequence_length / 100_000_000))
-        hint = how_to_get(getattr(a, flag_name), needed) if flag_name not in given else f"check --{flag_name}"
+    needed = min(103, math.ceil(a.num_iterations * a.batch_size * a.sequence_length / 100_000_000))
+    train, val = [], []
+    for flag_name, out in (("input_bin", train), ("input_val_bin", val)):
+        path, hint = resolve_path(getattr(a, flag_name)), how_to_get(a, given, flag_name, needed)
         files = sorted(glob.glob(path))
         if not files:
-            raise DataError(f"no files match --{flag_name} {path}; {hint}")
-        out.append([(f, open_shard(f, hint)) for f in files])
-    train, val = out
+            raise ConfigError(f"no files match --{flag_name} {path}; {hint}")
+        out.extend((f, open_shard(f, hint)) for f in files)
     chunk = a.device_batch_size * a.sequence_length * world_size + 1
     for f, s in train:
         if len(s) < chunk:
-            raise DataError(f"train shard {f} has {len(s)} tokens, fewer than one batch of --device_batch_size x "
-                            f"--sequence_length x processes + 1 = {chunk}")
+            raise ConfigError(f"train shard {f} has {len(s)} tokens, fewer than one batch of --device_batch_size x "
+                              f"--sequence_length x processes + 1 = {chunk}")
     val_batches = sum((len(s) - 1) // (chunk - 1) for _, s in val)
     if val_batches * (chunk - 1) < a.val_tokens:
-        raise DataError(f"--val_tokens {a.val_tokens} is more than the val shards hold in whole batches "
-                        f"({val_batches * (chunk - 1)} tokens in {', '.join(f for f, _ in val)})")
+        raise ConfigError(f"--val_tokens {a.val_tokens} is more than the val shards hold in whole batches "
+                          f"({val_batches * (chunk - 1)} tokens in {', '.join(f for f, _ in val)})")
     # token ids beyond the embedding would only fail at the first batch: look at the val prefix and the
     # start of every train shard (a full scan of 100M-token shards would cost seconds each)
     for f, s in val[:1] + train:
         top = int(s[:min(len(s), max(a.val_tokens, 1 << 20))].max())
         if top >= a.vocab_size:
-            raise DataError(f"shard {f} holds token id {top}, but --vocab_size is {a.vocab_size}: "
-                            f"wrong data for this model (or raise --vocab_size)")
+            raise ConfigError(f"shard {f} holds token id {top}, but --vocab_size is {a.vocab_size}: "
+                              f"wrong data for this model (or raise --vocab_size)")
     # the seed fixes the data order: a permutation of the shards and a start offset in the first one
     rng = np.random.default_rng(a.seed)
     train = [train[i] for i in rng.permutation(len(train))]
@@ -436,10 +419,9 @@ def warn_if_data_repeats(a, given, train_shards, start_pos, world_size):
     if twice:
         need, have = n_chunks * chunk, sum(lens)
         n_need = math.ceil((need + start_pos) / (have / len(lens)))
-        hint = f"; {how_to_get(a.input_bin, n_need)}" if "input_bin" not in given else ""
         print(f"warning: this run consumes {need:,} train tokens but the {len(lens)} train shard(s) hold {have:,}: "
-              f"{twice:,} tokens are trained on more than once. About {n_need} shards of this size are needed{hint}",
-              file=sys.stderr, flush=True)
+              f"{twice:,} tokens are trained on more than once. About {n_need} shards of this size are needed; "
+              f"{how_to_get(a, given, 'input_bin', n_need)}", file=sys.stderr, flush=True)
 
 # -----------------------------------------------------------------------------
 # The run: setup, the training loop (validate, step, log), main
@@ -457,10 +439,8 @@ def lr_scale(step, a):
 
 def build(a, device, rank, world_size, use_compile):
     """The model (initialised on the CPU: a seed is the same model on every device), its compiled/DDP
-    wrapper and the two optimisers."""
+    wrapper and the two optimisers, set as the record's."""
     torch.manual_seed(a.seed)
-    np.random.seed(a.seed)
-    random.seed(a.seed)
     raw_model = GPT(a.vocab_size, a.n_layer, a.n_head, a.n_embd).to(device)
     cuda, ns = device.type == "cuda", None
     if use_compile and cuda:
@@ -470,10 +450,10 @@ def build(a, device, rank, world_size, use_compile):
     model = torch.compile(raw_model) if use_compile else raw_model
     if dist.is_initialized():
         model = DDP(model, device_ids=[device.index] if cuda else None)
-    adam = torch.optim.AdamW([raw_model.lm_head.weight], lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2),
-                             weight_decay=a.weight_decay, fused=cuda)
-    muon = Muon(muon_groups(raw_model, a), lr=a.muon_lr_ratio * a.learning_rate, nesterov=a.muon_nesterov,
-                ns_steps=a.ns_steps, rank=rank, world_size=world_size, orthogonalise=ns)
+    adam = torch.optim.AdamW([raw_model.lm_head.weight], lr=a.learning_rate, betas=(0.9, 0.95), weight_decay=0.0,
+                             fused=cuda)
+    muon = Muon(muon_groups(raw_model, a), lr=a.muon_lr_ratio * a.learning_rate, rank=rank, world_size=world_size,
+                orthogonalise=ns)
     for g in adam.param_groups + muon.param_groups:
         g["base_lr"] = g["lr"]
     return raw_model, model, [adam, muon]
@@ -566,19 +546,17 @@ def train(a, t, run, stop):
                 return "interrupted", f"stopped by signal at step {t.step}; resume with --resume {run.path}"
             t0 = time.perf_counter()
 
-def setup(a, given, world_size, rank, local_rank, resume_ckpt, run, data):
+def setup(a, given, world_size, rank, resume_ckpt, run, data):
     """Device, process group, run directory, model, optimisers and loaders: everything the loop needs."""
     cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     try:
         if cuda:
             torch.cuda.set_device(device)
         if "RANK" in os.environ:  # under torchrun, even with one process
             dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=a.dist_timeout))
     except Exception as e:  # a bad device ordinal, an unreachable rendezvous, a peer that never came
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise RunError(f"cannot start {f'cuda:{local_rank}' if cuda else 'the process group'} ({type(e).__name__}: "
-                       f"{first})")
+        raise RunError(f"cannot start {device if cuda else 'the process group'} ({type(e).__name__}: {first_line(e)})")
     t = run.open(resume_ckpt["step"] if resume_ckpt else 0)
     t.device, t.use_compile = device, a.compile == "on" or (a.compile == "auto" and cuda)
     t.amp_dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
@@ -598,9 +576,6 @@ def setup(a, given, world_size, rank, local_rank, resume_ckpt, run, data):
     print0(f"device: {device.type} x {world_size} process(es), autocast {str(t.amp_dtype).removeprefix('torch.')}, "
            f"compile {'on' if t.use_compile else 'off'}, grad accumulation {t.grad_accum}, "
            f"{t.tokens_per_step:,} tokens/step")
-    if B != run.asked_device_batch:
-        print0(f"device batch: {B} sequences per process per micro-step (the largest <= {run.asked_device_batch} "
-               f"that divides {a.batch_size} sequences over {world_size} processes)")
     if run.master:
         warn_if_data_repeats(a, given, train_shards, start_pos, world_size)
     if resume_ckpt is not None:
@@ -610,36 +585,29 @@ def main(argv=None):
     t_wall0 = time.time()
     a, given = parse_args(argv)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    asked_device_batch = a.device_batch_size
     try:  # everything that can be checked is checked before a process group, a directory or a model exists
         a, resume_ckpt = check_resume(a, given)
         validate_static(a, world_size, given)
-        if a.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
-        for name in ("summary.json", "metrics.jsonl", "checkpoints"):
-            if a.out_dir and not a.resume and os.path.exists(os.path.join(a.out_dir, name)):
-                raise ConfigError(f"--out_dir {a.out_dir} already holds a run ({name}); choose a new directory "
-                                  f"or --resume it")
         data = open_data(a, given, world_size)
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    run, stop, status, error = RunDir(a, world_size, rank, asked_device_batch), StopFlag(), "failed", None
+    run, stop, status, error, handlers = RunDir(a, world_size, rank), StopFlag(), "failed", None, {}
     try:
-        setup(a, given, world_size, rank, int(os.environ.get("LOCAL_RANK", "0")), resume_ckpt, run, data)
-        stop.install()
+        setup(a, given, world_size, rank, resume_ckpt, run, data)
+        handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         status, error = train(a, run.t, run, stop)
     except KeyboardInterrupt:
         status, error = "interrupted", f"interrupted at step {run.t.step} (second Ctrl-C, no checkpoint written)"
     except RunError as e:
         error = str(e)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        status, error = ("oom" if is_oom(e) else "failed"), f"{type(e).__name__}: {first}"[:500]
+        status, error = ("oom" if is_oom(e) else "failed"), f"{type(e).__name__}: {first_line(e, 500)}"[:500]
         traceback.print_exc()
     finally:
-        stop.uninstall()
+        for s, h in handlers.items():
+            signal.signal(s, h)
         run.close()
     if world_size > 1 and status in ("oom", "failed"):
         error = f"rank {rank}: {error}"
@@ -661,22 +629,16 @@ class RunError(Exception):
     disk), a device or process group that cannot start."""
 
 class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
+    """The SIGINT/SIGTERM handler: stop at the next step boundary; a second Ctrl-C stops at once."""
+    signum = None
 
-    def __init__(self):
-        self.signum, self.previous = None, {}
-
-    def install(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def uninstall(self):
-        for s, h in self.previous.items():
-            signal.signal(s, h)
-
-    def _handle(self, signum, frame):
+    def __call__(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+
+def first_line(e, n=300):
+    return (str(e).strip().splitlines() or [""])[0][:n]
 
 def is_oom(e):
     return (isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
@@ -711,25 +673,21 @@ def write_file(path, write, replace=True):
             os.replace(tmp, path)
         return True
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        raise RunError(f"cannot write {path}: {getattr(e, 'strerror', None) or str(e).splitlines()[0]}")
+        raise RunError(f"cannot write {path}: {getattr(e, 'strerror', None) or first_line(e)}")
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
 
-def git_info():
-
-    def git(*cmd):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            r = subprocess.run(["git", "-C", SCRIPT_DIR, *cmd], capture_output=True, text=True, timeout=20)
-            return r.stdout.strip() if r.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return commit, (bool(status) if status is not None else None)
+def git(*cmd):
+    """The output of a git command in this script's checkout, or None."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        r = subprocess.run(["git", "-C", SCRIPT_DIR, *cmd], capture_output=True, text=True, timeout=20)
+        return r.stdout.strip() if r.returncode == 0 else None
 
 def list_checkpoints(run_dir):
     d = os.path.join(run_dir, "checkpoints")
-    names = os.listdir(d) if os.path.isdir(d) else []
-    return sorted(os.path.join(d, f) for f in names if f.startswith("step_") and f.endswith(".pt"))
+    return sorted(os.path.join(d, f) for f in (os.listdir(d) if os.path.isdir(d) else [])
+                  if f.startswith("step_") and f.endswith(".pt"))
 
 def check_resume(a, given):
     """For --resume: (the saved settings plus the flags that may change, the newest checkpoint); else (a, None)."""
@@ -747,7 +705,16 @@ def check_resume(a, given):
         raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
     if "out_dir" in given and os.path.abspath(a.out_dir) != run_dir:
         raise ConfigError(f"--out_dir {a.out_dir}: a resumed run continues in its own directory {run_dir}")
-    ckpt = load_checkpoint(ckpts[-1])
+    try:  # weights_only: a file holding anything but tensors and plain values (code to run) is refused
+        ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not {"config", "model", "optimizers", "loader", "rng"} <= ckpt.keys():
+            raise ValueError("not a checkpoint of this trainer")
+    except Exception as e:
+        why = first_line(e, 200)
+        if "Unsupported global" in str(e) or "Unsupported operand" in str(e):
+            why = "it holds objects other than tensors and plain values; refused, nothing in it was run"
+        raise ConfigError(f"--resume: cannot read checkpoint {ckpts[-1]} ({type(e).__name__}: {why}); delete it "
+                          f"to fall back to an older one")
     saved = ckpt["config"]
     for k in given - RESUME_MAY_CHANGE:
         if getattr(a, k) != saved.get(k):
@@ -758,28 +725,13 @@ def check_resume(a, given):
     return Hyperparameters(**{**{k: v for k, v in saved.items() if k in known}, **keep, "resume": a.resume,
                               "out_dir": run_dir}), ckpt
 
-def load_checkpoint(path):
-    """A checkpoint holds tensors, dicts, lists, tuples, numbers, strings and None only. It is read with
-    weights_only=True: a file holding anything else (code to run, say) is refused, never executed."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not {"config", "model", "optimizers", "loader", "rng"} <= ckpt.keys():
-            raise ValueError("not a checkpoint of this trainer")
-        return ckpt
-    except Exception as e:
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        if "Unsupported global" in str(e) or "Unsupported operand" in str(e):
-            why = "it holds objects other than tensors and plain values; refused, nothing in it was run"
-        raise ConfigError(f"--resume: cannot read checkpoint {path} ({type(e).__name__}: {why}); delete it to fall "
-                          f"back to an older one")
-
 def restore(t, ckpt):
     t.raw_model.load_state_dict(ckpt["model"])
     for opt, sd in zip(t.optimizers, ckpt["optimizers"]):
         opt.load_state_dict(sd)
     t.train_loader.load_state_dict(ckpt["loader"])
     t.training_time_ms, t.timed_tokens = ckpt["timing"]["training_time_ms"], ckpt["timing"]["timed_tokens"]
-    torch.set_rng_state(ckpt["rng"]["torch"])  # (numpy's and Python's generators are not used after the start)
+    torch.set_rng_state(ckpt["rng"]["torch"])
     if ckpt["rng"]["cuda"] is not None and t.device.type == "cuda":
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
 
@@ -787,11 +739,12 @@ class RunDir:
     """The run directory and the training state `t` that checkpoints, resume and summary.json read.
     Rank 0 writes the directory; a rank that fails on its own writes its summary too."""
 
-    def __init__(self, a, world_size, rank, asked_device_batch):
-        self.a, self.world_size, self.master, self.asked_device_batch = a, world_size, rank == 0, asked_device_batch
-        self.metrics_f, self.identity, self.script_name = None, None, os.path.basename(SCRIPT_PATH)
-        self.path = os.path.abspath(a.out_dir) if a.out_dir else None
-        self.commit, self.dirty = git_info() if self.master else (None, None)
+    def __init__(self, a, world_size, rank):
+        self.a, self.world_size, self.master, self.metrics_f = a, world_size, rank == 0, None
+        self.path, self.identity = os.path.abspath(a.out_dir) if a.out_dir else None, None
+        self.script_name = os.path.basename(SCRIPT_PATH)
+        self.commit = git("rev-parse", "HEAD") if self.master else None
+        self.dirty = git("status", "--porcelain", "--untracked-files=no") if self.commit else None
         self.t = SimpleNamespace(step=0, grad_accum=a.batch_size // (a.device_batch_size * world_size),
                                  tokens_per_step=a.batch_size * a.sequence_length, training_time_ms=0.0, timed_tokens=0,
                                  train_loss=float("nan"), val_loss=float("nan"), num_params=None, device=None,
@@ -807,7 +760,8 @@ class RunDir:
         return st.st_dev, st.st_ino
 
     def open(self, step):
-        """Every rank learns the directory; rank 0 copies the script and opens metrics.jsonl. Returns `t`."""
+        """Every rank learns the directory; rank 0 copies the script and opens metrics.jsonl (cut back to
+        `step` when resuming: the full old file and summary are kept beside it). Returns `t`."""
         if dist.is_initialized():
             obj = [self.path]
             dist.broadcast_object_list(obj, src=0)
@@ -824,25 +778,20 @@ class RunDir:
                     dst = os.path.join(self.path, f"{os.path.splitext(self.script_name)[0]}.resume_{step}.py")
         if not os.path.exists(dst):
             shutil.copyfile(SCRIPT_PATH, dst)
-        mpath = os.path.join(self.path, "metrics.jsonl")
+        mpath, summ = os.path.join(self.path, "metrics.jsonl"), os.path.join(self.path, "summary.json")
         if self.a.resume and os.path.exists(mpath):
-            self.cut_metrics(mpath, step)
+            old = unused_path(os.path.join(self.path, f"metrics.before_resume_{step}.jsonl"))
+            os.replace(mpath, old)
+            with open(old) as f, open(mpath, "w") as g:
+                for line in f:
+                    with contextlib.suppress(json.JSONDecodeError):
+                        r = json.loads(line)
+                        if r.get("step", 0) < step or ("val_loss" not in r and r.get("step", 0) == step):
+                            g.write(line if line.endswith("\n") else line + "\n")
+        if self.a.resume and os.path.exists(summ):
+            os.replace(summ, unused_path(os.path.join(self.path, f"summary.before_resume_{step}.json")))
         self.metrics_f = open(mpath, "a")
         return self.t
-
-    def cut_metrics(self, mpath, step):
-        """Keep what happened up to the checkpoint; the full old file (and summary) are kept beside it."""
-        old = unused_path(mpath.replace(".jsonl", f".before_resume_{step}.jsonl"))
-        os.replace(mpath, old)
-        with open(old) as f, open(mpath, "w") as g:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError):
-                    r = json.loads(line)
-                    if r.get("step", 0) < step or ("val_loss" not in r and r.get("step", 0) == step):
-                        g.write(line if line.endswith("\n") else line + "\n")
-        summ = os.path.join(self.path, "summary.json")
-        if os.path.exists(summ):
-            os.replace(summ, unused_path(os.path.join(self.path, f"summary.before_resume_{step}.json")))
 
     def log(self, rec):
         if self.metrics_f is not None:
@@ -874,26 +823,25 @@ class RunDir:
             dist.barrier()
 
     def finish(self, status, error, t_wall0, data, argv):
-        """summary.json, written by rank 0 or a rank that failed on its own; the first one written stays."""
-        t, a = self.t, self.a
+        """summary.json, written by rank 0 or a rank that failed on its own. Returns False when it could not
+        be written: only into this run's own directory (not one moved there since), never over another's."""
+        t, a, cuda = self.t, self.a, self.t.device is not None and self.t.device.type == "cuda"
         if self.path is None or not (self.master or status in ("oom", "failed")):
             return True
         mem = None
         if t.device is not None:
-            mem = (torch.cuda.max_memory_allocated() if t.device.type == "cuda" else
+            mem = (torch.cuda.max_memory_allocated() if cuda else
                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) // 2**20  # Linux reports KiB
             print0(f"peak memory consumption: {mem} MiB")
-        timed = t.step > 10  # the first 10 steps are not timed: no time rather than a wrong one
         metrics = dict(val_loss=t.val_loss, train_loss=t.train_loss, wall_time_s=time.time() - t_wall0,
-                       peak_memory_mib=mem, num_params=t.num_params,
-                       train_time_s=t.training_time_ms / 1000 if timed else None,
+                       peak_memory_mib=mem, num_params=t.num_params)
+        metrics = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+        timed = t.step > 10  # the first 10 steps are not timed: no time rather than a wrong one
+        metrics.update(train_time_s=t.training_time_ms / 1000 if timed else None,
                        tokens_per_s=t.timed_tokens / (t.training_time_ms / 1000) if timed else None)
-        cuda = t.device is not None and t.device.type == "cuda"
         summary = dict(
             schema=1, status=status, error=error, script=self.script_name, variant=variant_name(a, self.script_name),
-            seed=a.seed, steps_completed=t.step,
-            metrics={k: v for k, v in metrics.items() if v is None and k.startswith(("train_time", "tokens"))
-                     or isinstance(v, (int, float)) and math.isfinite(v)},
+            seed=a.seed, steps_completed=t.step, metrics=metrics,
             config={**dataclasses.asdict(a), "world_size": self.world_size, "grad_accum_steps": t.grad_accum,
                     "tokens_per_step": t.tokens_per_step, "train_start_offset": data[1],
                     "train_shard_order": [os.path.basename(f) for f, _ in data[0]],
@@ -903,29 +851,24 @@ class RunDir:
                      gpus=self.world_size if cuda else 0, processes=self.world_size,
                      nodes=self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)),
                      gpu_name=torch.cuda.get_device_name(t.device) if cuda else None,
-                     cpu_threads=torch.get_num_threads(), git_commit=self.commit, git_dirty=self.dirty,
+                     cpu_threads=torch.get_num_threads(), git_commit=self.commit,
+                     git_dirty=None if self.dirty is None else bool(self.dirty),
                      hostname=socket.gethostname(), argv=sys.argv if argv is None else [self.script_name, *argv]))
-        return self.write_summary(summary)
-
-    def write_summary(self, summary):
-        """Only into this run's own directory (the one it had at start, not one moved there since), and
-        never over a summary another rank wrote first."""
-        path = os.path.join(self.path, "summary.json")
-        try:
-            if self.identity is None or self.stat() != self.identity:
-                raise FileNotFoundError
-        except OSError:
+        moved = True
+        with contextlib.suppress(OSError):
+            moved = self.identity is None or self.stat() != self.identity
+        if moved:
             print(f"error: {self.path} is not (or no longer) this run's directory: moved, replaced or never "
                   f"created; summary.json not written", file=sys.stderr, flush=True)
             return False
-        body = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
         try:
-            if not write_file(path, lambda f: f.write(body), replace=False):
-                print(f"summary.json already written by another rank; this rank's status: {summary['status']}",
+            body = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
+            if not write_file(os.path.join(self.path, "summary.json"), lambda f: f.write(body), replace=False):
+                print(f"summary.json already written by another rank; this rank's status: {status}",
                       file=sys.stderr, flush=True)
             return True
         except RunError as e:
-            print(f"error: {e}; status {summary['status']}: {summary['error']}", file=sys.stderr, flush=True)
+            print(f"error: {e}; status {status}: {error}", file=sys.stderr, flush=True)
             return False
 
 def variant_name(a, script_name):
