@@ -38,6 +38,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["decide"]:
 
 from analysis import compute, loading  # noqa: E402
 from analysis import cost as cost_mod  # noqa: E402
+from analysis import plans  # noqa: E402
 from analysis import report as rep  # noqa: E402
 from analysis import rules  # noqa: E402
 from analysis import stats as st  # noqa: E402
@@ -221,9 +222,11 @@ def make_figures(res, curves, figdir, outdir):
         if s.dynamics.gaps:
             gaps = {printable(k): g for k, g in s.dynamics.gaps.items()}
             out["gap"].append((s.name, rel(figures.gap(os.path.join(figdir, f"{stem}_gap.png"), gaps, labels, printable(s.baseline)))))
-        for i, sw in enumerate(s.sweeps):
-            path = os.path.join(figdir, f"{stem}_sweep_{figures.file_stem(sw['param'], 40)}_{i}.png")
-            out["sweeps"].append((f"{s.name}::{i}", rel(figures.sweep(path, printable(sw["param"]), sw["metric"], sw["rows"]))))
+        for i, sw in enumerate(s.sweeps):   # one-axis sweeps: metric against value; two-flag grids: heat map
+            stem_i = os.path.join(figdir, f"{stem}_sweep_{figures.file_stem(printable(sw['param'] or 'conditions'), 40)}_{i}")
+            path = plans.figure(figures, dict(sw, param=printable(sw["param"])), stem_i) if sw["param"] else None
+            if path:
+                out["sweeps"].append((f"{s.name}::{i}", rel(path)))
     return out
 
 

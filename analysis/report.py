@@ -534,34 +534,10 @@ def comparisons(res):
 
 
 def sweeps(res, rel_figs):
-    out = []
-    figs = dict(rel_figs.get("sweeps", []))
-    for s in res["stages"]:
-        for i, sw in enumerate(s["sweeps"]):
-            fixed = ", ".join(f"{k}={v}" for k, v in sw["fixed"].items())
-            out.append(f"**Stage `{s['name']}`: sweep over `{sw['param']}`**" + (f" ({fixed})" if fixed else "") + "\n")
-            rows = []
-            finite = [r["metric_mean"] for r in sw["rows"] if r["metric_mean"] is not None]
-            hb = direction(sw["metric"])
-            best = (max(finite) if hb else min(finite)) if finite and hb is not None else None
-            for r in sw["rows"]:
-                state = []
-                for k in ("finished", "diverged", "crashed", "other"):
-                    if r[k]:
-                        state.append(f"{r[k]} {k if k != 'other' else 'unfinished'}")
-                mm = DASH if r["metric_mean"] is None else (fmt(r["metric_mean"]) + (f" ± {fmt(r['metric_sd'], 3)}" if r["metric_sd"] is not None else ""))
-                if best is not None and r["metric_mean"] == best:
-                    mm = f"**{mm}**"
-                rows.append([str(r["value"]), r["condition"], r["runs"], mm, fmt(r["val_ppl"]), fmt_secs(r["runtime_s"]),
-                             ", ".join(state) + (f" ({'; '.join(map(reason, r['reasons']))})" if r["reasons"] else "")])
-            out.append(table(rows, ["value", "condition", "runs", f"{sw['metric']} (mean ± SD)", "val ppl", "runtime", "state"]))
-            out.append("")
-            key = f"{s['name']}::{i}"
-            if key in figs:
-                out.append(figure(figs[key], f"{sw['metric']} against {sw['param']} (stage {s['name']}); values with no finished run marked x."))
-    if not out:
-        return "No sweep: no stage has conditions that differ in exactly one recorded hyperparameter."
-    return "\n".join(out).strip()
+    """§6: every sweep (a plan's grid and zip groups, runner sweeps, inferred ones) and a plan's single
+    conditions; analysis/plans.py."""
+    from . import plans
+    return plans.markdown(res, rel_figs)
 
 
 def interpretation(res):

@@ -19,7 +19,7 @@ PROG = "run_experiments.sh"
 # The demo's iteration counts, chosen by measurement on 2 CPU cores (bench/RESULTS.md).
 DEMO_TINY_ITERS_DEFAULT = 60
 DEMO_EMBNORM_ITERS_DEFAULT = 100
-SPECIAL = {"demo": 70, "sweep": 90}  # stages built in code (their --help position)
+SPECIAL = {"demo": 70, "sweep": 90, "plan": 95}  # stages built in code (their --help position)
 RUNNER_SET_FLAGS = ("seed", "out_dir", "device", "resume", "save_every", "compile")
 
 
@@ -68,6 +68,7 @@ class Args:
     only: str = ""                   # preflight: a subset of its checks
     extra: list = field(default_factory=list)
     sweep_script: str = ""
+    plan_file: str = ""              # plan FILE (runner/plans.py)
     sweep_param: str = ""
     sweep_values: list = field(default_factory=list)
     seeds_text: str = ""
@@ -125,6 +126,8 @@ def parse_args(argv, env=None):
         else:
             if a.stage == "sweep" and not a.sweep_script:
                 a.sweep_script = arg
+            elif a.stage == "plan" and not a.plan_file:
+                a.plan_file = arg
             elif a.stage == "preflight" and not a.target:
                 a.target = arg
             elif a.stage:
@@ -181,6 +184,9 @@ Stages:"""]
         elif name == "sweep":
             lines.append(f"  {'sweep':<8} one hyperparameter sweep: ./run_experiments.sh sweep SCRIPT --param NAME "
                          "--values V1 V2 ... (below)")
+        elif name == "plan":
+            lines.append(f"  {'plan':<8} your own stage from a plan file: ./run_experiments.sh plan FILE [options] "
+                         "(conditions, grid and zip sweeps; docs/plans.md)")
         else:
             lines += specs[name].help_lines()
     lines.append(f"""
@@ -275,6 +281,9 @@ def load_stage(a, name, env=None):
     try:
         if name == "sweep":
             return sweep_spec(a)
+        if name == "plan":
+            from . import plans
+            return plans.for_cli(a, env if env is not None else os.environ)
         if name == "demo":
             return load_builtin("tiny", env=env)
         spec = load_builtin(name, env=env)
@@ -382,6 +391,12 @@ def run_main(argv, env):
         die(f"sweep: {a.scripts_dir}/{a.sweep_script} does not exist (--scripts-dir?)")
     if a.force and a.resume:
         die("--force starts runs over and --resume continues them: pick one")
+    if a.stage == "plan" and not a.dry and a.node_rank == "0":
+        from . import plans   # <logs>/<plan>/plan.json: which flags each condition sweeps (analyze.py reads it)
+        try:
+            plans.record(a.logs or spec.default_logs or "experiment_logs", spec)
+        except OSError as e:
+            die(f"--logs: cannot write the plan's record plan.json there ({e.strerror})")
     return launch.Stage(a, spec, rate, env).go()
 
 

@@ -314,7 +314,8 @@ class Stage:
     def execute(self):
         a, opts = self.a, self.opts
         if self.todo and opts.node_rank == 0:
-            if a.stage in ("demo", "smoke", "tiny", "embnorm") or a.preset:
+            if a.stage in ("demo", "smoke", "tiny", "embnorm") or a.preset or \
+                    any(w == "--preset" for r in self.todo for w in r.args):  # a plan's --preset tiny runs
                 self.ensure_shakespeare()
         if a.stage == "sweep" and opts.node_rank == 0:
             rc = self.write_sweep_json()
