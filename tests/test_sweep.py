@@ -126,15 +126,15 @@ def test_lr_sweep_records_divergence_goes_on_and_reports(tmp_path, shards):
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 7 and cells[1].startswith("learning_rate="):
+        if len(cells) == 8 and cells[1].startswith("learning_rate="):  # value, condition, runs, loss, ppl, runtime, hours, state
             rows[cells[1]] = cells
     assert set(rows) == {f"learning_rate={v}" for v in VALUES}, text
     diverged = rows["learning_rate=1e30"]
-    assert "1 diverged" in diverged[6] and "non-finite" in diverged[6] and diverged[3] == "—"
+    assert "1 diverged" in diverged[7] and "non-finite" in diverged[7] and diverged[3] == "—"
     for v in ("0.0036", "0.02"):
         r = rows[f"learning_rate={v}"]
         loss = summaries[v]["metrics"]["val_loss"]
-        assert "1 finished" in r[6]
+        assert "1 finished" in r[7]
         assert float(r[3].strip("*")) == pytest.approx(loss, abs=6e-4)
         assert float(r[4]) == pytest.approx(math.exp(loss), rel=2e-3)  # val ppl = exp(val loss)
     assert "baseline `learning_rate=0.0036`" in text
