@@ -207,7 +207,7 @@ def test_sync_three_way_merges_base_changes_and_stops_at_conflicts(tmp_path):
     assert vg.sync(base, var, out=msgs.append) == 0 and "already synced" in msgs[-1]
 
 
-def test_sync_transplant_takes_code_outside_regions_from_the_base(tmp_path):
+def test_sync_keeps_the_variants_own_drift_out_of_the_variant(tmp_path):
     base_text = BASE_SRC.replace("print(f(1), g(2))", "print(f(1), g(3))")
     base = write(tmp_path, "train_gpt.py", base_text)
     edited = vg.set_sync_record(GOOD_VARIANT.replace("    return x + 1\n", "    return x - 1\n"), "v",
@@ -217,11 +217,8 @@ def test_sync_transplant_takes_code_outside_regions_from_the_base(tmp_path):
     msgs = []
     assert vg.sync(base, var, old_base=write(tmp_path, "old.py", BASE_SRC), out=msgs.append) == 1
     assert "remain" in msgs[-1] and "+    return x - 1" in msgs[-1] and open(var).read() == edited
-    os.remove(var + ".merge")
-    assert vg.sync(base, var, transplant=True, out=lambda m: None) == 0
-    text = open(var).read()
-    assert "g(3)" in text and "x - 1" not in text and "x + 1" in text and "y = x * 3" in text
-    assert vg.check(base, var) == []
+    merged = open(var + ".merge").read()
+    assert "g(3)" in merged and "x - 1" in merged  # the base's change arrived, the drift stayed visible
 
 
 def test_cli_check_and_sync_in_a_git_checkout(tmp_path):
