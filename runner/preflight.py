@@ -30,7 +30,7 @@ from .plan import UsageError, launch_argv, make_plan, merge_flags, place
 CHECKS = ("gpus", "all_reduce", "data", "disk", "model")
 HEADER_BYTES, MAGIC, VERSION = 1024, 20240520, 1
 PROBE_STEPS = 12          # the trainers time steps after the 10th: 2 timed steps
-PROBE_TIMEOUT_S = 90
+PROBE_TIMEOUT_S = 90      # per torch check; environment RUNNER_PREFLIGHT_TIMEOUT_S changes it (a busy machine)
 PROBES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probes")
 FINEWEB_SHARD_TOKENS = 100_000_000
 
@@ -201,6 +201,13 @@ def check_data(plan, opts):
 
 # ----------------------------------------------------------------------------- subprocess checks
 
+def probe_timeout():
+    try:
+        return float(os.environ.get("RUNNER_PREFLIGHT_TIMEOUT_S") or PROBE_TIMEOUT_S)
+    except ValueError:
+        return PROBE_TIMEOUT_S
+
+
 def run_probe(cmd, cwd, env, timeout):
     t0 = time.perf_counter()
     try:
@@ -224,13 +231,13 @@ def check_allreduce(python, device, gpus, env):
     cmd = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
            os.path.join(PROBES, "allreduce.py"), device]
     e = dict(env, CUDA_VISIBLE_DEVICES=",".join(gpus) if device == "cuda" else "", OMP_NUM_THREADS="1")
-    rc, out, wall = run_probe(cmd, os.getcwd(), e, PROBE_TIMEOUT_S)
+    rc, out, wall = run_probe(cmd, os.getcwd(), e, probe_timeout())
     ok_line = next((ln for ln in out.splitlines() if ln.startswith("ALLREDUCE ok")), None)
     if rc == 0 and ok_line:
         backend = "NCCL" if device == "cuda" else "gloo"
         return True, f"{backend}, {world} processes: the sum is right ({wall:.1f} s with start-up)"
     if rc is None:
-        return False, f"all_reduce over {world} processes did not finish in {PROBE_TIMEOUT_S} s"
+        return False, f"all_reduce over {world} processes did not finish in {probe_timeout():g} s"
     return False, f"all_reduce over {world} processes failed (exit {rc}): {last_line(out)}"
 
 
@@ -251,7 +258,7 @@ def check_model(run, plan, opts, env):
         probe.args = merge_flags(list(run.args) + over, [])
         cmd = launch_argv(probe, opts)
         e = dict(env, CUDA_VISIBLE_DEVICES=run.cvd, PYTHONUNBUFFERED="1")
-        rc, out, wall = run_probe(cmd, opts.scripts_dir, e, PROBE_TIMEOUT_S)
+        rc, out, wall = run_probe(cmd, opts.scripts_dir, e, probe_timeout())
         try:
             with open(os.path.join(probe.dir, "summary.json")) as f:
                 s = json.load(f)
@@ -260,7 +267,7 @@ def check_model(run, plan, opts, env):
         what = f"{run.script} ({run.variant}, {run.nproc} process(es), {plan.device}" + \
             (", compiled)" if "--compile" in run.args else ")")
         if rc is None:
-            return False, f"{what}: {PROBE_STEPS} steps did not finish in {PROBE_TIMEOUT_S} s", None
+            return False, f"{what}: {PROBE_STEPS} steps did not finish in {probe_timeout():g} s", None
         if s.get("status") != "ok":
             why = s.get("error") or last_line(out)
             return False, f"{what}: {s.get('status', 'failed')} ({' '.join(str(why).split())[:200]})", None
