@@ -137,22 +137,28 @@ def main(argv=None):
     elif args.markdown:
         sys.stdout.write(render_markdown(dec))
     else:
-        cur = dec.looks[-1] if dec.looks else None
-        line = f"{args.stage}: {dec.verdict} (look {dec.look} of {dec.planned_looks}"
-        if cur is not None:
-            line += (f"; statistic {cur.statistic:.3f}, bound {cur.bound_stat:.3f}, alpha spent {cur.alpha_spent:.4g}")
-        line += ")"
-        if dec.stopped:
-            line += f"; adjusted p {dec.p_adjusted:.3g}"
-            if dec.ci is not None:
-                line += f", {dec.ci_level:.0%} CI [{dec.ci[0]:.4g}, {dec.ci[1]:.4g}]"
-        else:
-            line += f"; next look at {dec.next_look_n} per condition, needs " + \
-                    ", ".join(f"{c} +{n}" for c, n in dec.runs_needed.items())
-        print(line)
+        print(decision_line(args.stage, dec))
         for n in dec.notes:
             print(f"  note: {n}")
     return 0
+
+
+def decision_line(stage, dec):
+    """One line: the verdict, the latest look's statistic and bound, and the adjusted p and CI after a
+    stop or what the next look needs (this command's plain output; the runner prints it at each look)."""
+    cur = dec.looks[-1] if dec.looks else None
+    line = f"{stage}: {dec.verdict} (look {dec.look} of {dec.planned_looks}"
+    if cur is not None:
+        line += (f"; statistic {cur.statistic:.3f}, bound {cur.bound_stat:.3f}, alpha spent {cur.alpha_spent:.4g}")
+    line += ")"
+    if dec.stopped:
+        line += f"; adjusted p {dec.p_adjusted:.3g}"
+        if dec.ci is not None:
+            line += f", {dec.ci_level:.0%} CI [{dec.ci[0]:.4g}, {dec.ci[1]:.4g}]"
+    else:
+        line += f"; next look at {dec.next_look_n} per condition, needs " + \
+                ", ".join(f"{c} +{n}" for c, n in dec.runs_needed.items())
+    return line
 
 
 if __name__ == "__main__":
