@@ -73,6 +73,15 @@ class Args:
     sweep_values: list = field(default_factory=list)
     seeds_text: str = ""
     variants_text: str = ""
+    sequential: bool = False         # --sequential and its design flags (runner/sequential.py)
+    max_seeds: str = ""
+    batch: str = ""
+    alpha: str = ""
+    spending: str = ""
+    sides: str = ""
+    metric: str = ""
+    question: str = ""
+    variant: str = ""
 
 
 VALUE_OPTS = {
@@ -84,9 +93,12 @@ VALUE_OPTS = {
     "--launcher": "launcher", "--python": "python", "--scripts-dir": "scripts_dir", "--param": "sweep_param",
     "--usd-per-gpu-hour": "usd", "--only": "only",
 }
+SEQUENTIAL_OPTS = {"--max-seeds": "max_seeds", "--batch": "batch", "--alpha": "alpha", "--spending": "spending",
+                   "--sides": "sides", "--metric": "metric", "--question": "question", "--variant": "variant"}
+VALUE_OPTS.update(SEQUENTIAL_OPTS)
 FLAG_OPTS = {"--compile": ("compile", "on"), "--no-compile": ("compile", "off"), "--force": ("force", True),
              "--resume": ("resume", True), "--dry-run": ("dry", True), "--verbose": ("verbose", True),
-             "-v": ("verbose", True), "--no-pack": ("pack", False)}
+             "-v": ("verbose", True), "--no-pack": ("pack", False), "--sequential": ("sequential", True)}
 
 
 def parse_args(argv, env=None):
@@ -198,6 +210,16 @@ Sweeps:
   on; the final table shows every value's state. The first value is the sweep's baseline for
   analyze.py's comparisons (<logs>/sweep_NAME/sweep.json); list the script's default first.
   e.g. ./run_experiments.sh sweep train_gpt.py --preset tiny --iterations 40 --param learning_rate --values 0.02 0.005 0.08 1e30
+
+Sequential stages (stop as soon as the answer is known; docs/runner.md):
+  ./run_experiments.sh STAGE --sequential --max-seeds N [--batch K] [--alpha A] [--spending obf|pocock]
+                       [--sides 1|2] [--metric M] [--question compare|acceptance] [--variant NAME]
+  runs the baseline and one variant (--variant; default the stage's only other condition) in batches
+  of K seeds per condition (default 2), decides after each batch (python analyze.py decide) and stops
+  when the answer is known (effect, futility) or at N runs per condition. The design is written to
+  <logs>/<stage>/sequential.json before the first run; a later command that changes it is refused.
+  Defaults: alpha 0.05 two-sided (acceptance: 0.01 one-sided vs 3.28), O'Brien-Fleming-type spending,
+  the stage's primary metric. Seeds: the stage's (or --seeds) in ascending order, then the next integers.
 
 Preflight:
   ./run_experiments.sh preflight STAGE [--preset P] [--iterations N] [--gpus N] [--usd-per-gpu-hour X]
@@ -397,6 +419,12 @@ def run_main(argv, env):
             plans.record(a.logs or spec.default_logs or "experiment_logs", spec)
         except OSError as e:
             die(f"--logs: cannot write the plan's record plan.json there ({e.strerror})")
+    if a.sequential:
+        from . import sequential
+        return sequential.main(a, spec, rate, env)
+    given = [o for o, attr in SEQUENTIAL_OPTS.items() if getattr(a, attr)]
+    if given:
+        die(f"{given[0]} belongs to a sequential stage: add --sequential (see --help)")
     return launch.Stage(a, spec, rate, env).go()
 
 

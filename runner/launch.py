@@ -110,6 +110,8 @@ def set_lock_pgid(run_dir, pgid):
 # ----------------------------------------------------------------------------- the stage
 
 class Stage:
+    experiment_extra = None   # more keys for experiment.json (a sequential batch: its design file and seeds)
+
     def __init__(self, a, spec, rate, env):
         self.a, self.spec, self.rate, self.env = a, spec, rate, env
         self.rows = {}        # plan index -> table row
@@ -303,7 +305,7 @@ class Stage:
                     omp_num_threads=self.child_env.get("OMP_NUM_THREADS", ""),
                     runner_argv=shell_line([self.env.get("RUNNER_ARGV0", "run_experiments.sh"), *self.argv_words()]) + " ",
                     commands=commands, overrides=r.args, usd_per_gpu_hour=self.rate,
-                    runs_at_once=max(self.jobs, self.plan.slots))
+                    runs_at_once=max(self.jobs, self.plan.slots), extra=self.experiment_extra)
             except OSError:
                 note(f"warning: could not write {self.logs}/{r.key}/experiment.json")
 

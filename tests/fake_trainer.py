@@ -10,10 +10,15 @@ Environment knobs (the tests set them):
   FAKE_MEET          a directory: each run leaves "<seed>-<pid>" there and waits (30 s at most) until
                      FAKE_MEET_N (default 2) runs have, failing otherwise; only runs that are alive at the
                      same time can meet
+  FAKE_LOSS_SHIFT    "NAME=DELTA ..." adds DELTA to the val_loss of runs whose script (e.g.
+                     train_gpt_palm.py) or --variant/--lmd is NAME ("train_gpt_palm.py=-0.5")
+  FAKE_LOSS_NOISE    SD of a normal term added to the val_loss, drawn from the script name and seed
+                     (the same run writes the same value every time)
 """
 import argparse
 import json
 import os
+import random
 import signal
 import sys
 import time
@@ -74,6 +79,14 @@ def main():
     hang = str(seed) in os.environ.get("FAKE_HANG_SEEDS", "").split()
     crash = str(seed) in os.environ.get("FAKE_CRASH_SEEDS", "").split()
     step_s = float(os.environ.get("FAKE_STEP_S", "0.002"))
+    script = os.path.basename(sys.argv[0])
+    offset = 0.0
+    for item in os.environ.get("FAKE_LOSS_SHIFT", "").split():
+        name, _, delta = item.partition("=")
+        if name in (script, a.variant, a.lmd):
+            offset += float(delta)
+    if os.environ.get("FAKE_LOSS_NOISE"):
+        offset += float(os.environ["FAKE_LOSS_NOISE"]) * random.Random(f"{script}:{seed}").gauss(0.0, 1.0)
     loss = None
     with open(os.path.join(out, "metrics.jsonl"), "a") as m:
         for step in range(start, n + 1):
@@ -81,7 +94,7 @@ def main():
                 time.sleep(3600)
             if crash and step == n // 2:
                 raise RuntimeError(f"fake trainer crashed on purpose at step {step}")
-            loss = 4.0 - 0.01 * step + 0.001 * seed + (0.0 if a.variant != "rmsnorm" else 0.05)
+            loss = 4.0 - 0.01 * step + 0.001 * seed + (0.0 if a.variant != "rmsnorm" else 0.05) + offset
             ms = (time.time() - t0) * 1000
             if step % every == 0 or step == n:
                 print(f"step:{step}/{n} val_loss:{loss:.4f} train_time:{ms:.0f}ms step_avg:{ms / max(step, 1):.2f}ms")
