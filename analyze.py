@@ -305,6 +305,7 @@ def report_main(argv):
                     previous_record=args.previous_record,
                     target_explicit=any(a == "--target" or a.startswith("--target=") for a in argv))
     res, curves = compute.analyse(conditions, settings)
+    res["sequential"] = rep.sequential_designs(res)   # stages with sequential.json (docs/sequential.md)
     for s in res["stages"]:
         notes.extend(s.notes)
         s.notes = []
@@ -341,7 +342,8 @@ def report_main(argv):
     for u in unknown:
         print(f"analyze.py: warning: {printable(args.template)}: unknown placeholder {{{{{printable(u)}}}}} left as a note in the report",
               file=sys.stderr)
-    ordered = {"settings": res["settings"], "notes": res["notes"], "stages": res["stages"], "family": res["family"]}
+    ordered = {"settings": res["settings"], "notes": res["notes"], "stages": res["stages"], "family": res["family"],
+               "sequential": rep.sequential_json(res)}
     for path, body in ((results_path, json.dumps(_clean(ordered), indent=1, allow_nan=False) + "\n"),
                        (csv_path, summary_csv(res)), (out, text)):
         try:

@@ -799,6 +799,8 @@ def decisions(res):
         fin = sum(1 for r in s["runs"] if r["outcome"] == "finished")
         out.append(f"**Stage `{s['name']}`** ({len(s['conditions'])} condition(s), {fin}/{len(s['runs'])} runs finished"
                    + (f", baseline `{s['baseline']}`" if s["baseline"] else ", no baseline") + ")\n")
+        if s["name"] in (res.get("sequential") or {}):
+            out.append(_seq_line(s["name"], res["sequential"][s["name"]]))
         cs = [c for c in s["comparisons"] if c["verdict"] != "no data"]
         shown = [c for c in cs if c["metric"] == "val_loss" or c["decision"] != "inconclusive"]
         rest = {}
@@ -921,7 +923,87 @@ def _escaped(obj, own=False):
     return obj
 
 
+# ---------------------------------------------------------------------------------------------
+# sequential stages (<stage>/sequential.json: ./run_experiments.sh STAGE --sequential)
+# ---------------------------------------------------------------------------------------------
+
+SEQUENTIAL_FILE = "sequential.json"
+
+
+def sequential_designs(res):
+    """{stage: {"stage_dir", "decision" (analysis.sequential.Decision) or None, "error"}} for every
+    stage whose directory holds sequential.json; the decision is python analyze.py decide's."""
+    out = {}
+    for s in res["stages"]:
+        dirs = {os.path.dirname(c["path"]) for c in s["conditions"] if c["source"] == "rundir"}
+        if len(dirs) != 1:
+            continue
+        stage_dir = dirs.pop()
+        if not os.path.isfile(os.path.join(stage_dir, SEQUENTIAL_FILE)):
+            continue
+        from .decide import evaluate   # numpy + scipy.special, only for sequential stages
+        from .sequential import DesignError
+        try:
+            dec, _ = evaluate(os.path.dirname(stage_dir), os.path.basename(stage_dir))
+            out[s["name"]] = {"stage_dir": stage_dir, "decision": dec, "error": None}
+        except DesignError as e:
+            out[s["name"]] = {"stage_dir": stage_dir, "decision": None, "error": str(e)}
+    return out
+
+
+def sequential_json(res):
+    """The sequential decisions for results.json (the same numbers as the report's section)."""
+    seq = res.get("sequential")
+    seq = sequential_designs(res) if seq is None else seq
+    return {k: {"stage_dir": v["stage_dir"], "error": v["error"],
+                "decision": v["decision"].to_json() if v["decision"] is not None else None} for k, v in seq.items()}
+
+
+def _seq_pair(dec):
+    d = dec.design
+    if d.question == "acceptance":
+        return f"the mean `{md(d.metric)}` of `{md(d.variant)}`"
+    return f"`{md(d.variant)}` vs `{md(d.baseline)}` on `{md(d.metric)}`"
+
+
+def _seq_line(name, entry):
+    """The Decisions screen's line for a sequential stage."""
+    if entry["decision"] is None:
+        return f"- Sequential design: not evaluated ({md(entry['error'])})."
+    dec = entry["decision"]
+    line = f"- Sequential design ({_seq_pair(dec)}): **{dec.verdict}** at look {dec.look} of {dec.planned_looks}"
+    if dec.stopped:
+        line += f"; adjusted p = {fmt_p(dec.p_adjusted)}"
+        if dec.ci is not None:
+            line += f", {dec.ci_level:.0%} CI {fmt_ci(*dec.ci)}"
+        line += ". Quote these, not the naive p-value and CI of this comparison below (§5, sequential designs)."
+    else:
+        line += f"; the stage is not decided yet (next look at {dec.next_look_n} runs per condition)."
+    return line
+
+
+def sequential(res):
+    """§5's sequential part: per sequential stage, render_markdown's design, looks and adjusted result."""
+    seq = res.get("sequential") or {}
+    if not seq:
+        return ""
+    from .sequential import render_markdown
+    out = ["### Sequential designs", "",
+           "These stages were run as group-sequential designs (docs/sequential.md): the design was fixed in "
+           "`sequential.json` before the first run and the stage was looked at after every batch. The p-value and CI "
+           "to quote are the ones adjusted for the looks (stage-wise ordering) below; the naive p-values and CIs of "
+           "the same comparison in the tables above ignore the repeated looks and are not the ones to quote.", ""]
+    for name, entry in seq.items():
+        if entry["decision"] is None:
+            out += [f"#### Stage `{md(name)}`", "", f"Not evaluated: {md(entry['error'])}", ""]
+            continue
+        out.append(render_markdown(entry["decision"], heading=f"#### Stage `{md(name)}`"))
+    return "\n".join(out).strip()
+
+
 def render(template, res, rel_figs, files, date):
+    if res.get("sequential") is None:
+        res = dict(res, sequential=sequential_designs(res))
     res = dict(res, stages=_escaped(res["stages"]), notes=_escaped(res.get("notes", [])),
                family=_escaped(res.get("family", [])), settings=_escaped(res["settings"]))
     rel_figs = _escaped(rel_figs)
@@ -934,7 +1016,7 @@ def render(template, res, rel_figs, files, date):
         descriptive=descriptive(res), training=training(res, rel_figs), methods="", comparisons=comparisons(res),
         sweeps=sweeps(res, rel_figs), interpretation=interpretation(res), limitations=limitations(res),
         reproducibility=reproducibility(res, files), runs=runs_appendix(res), decisions=decisions(res),
-        cost=cost_section(res))
+        cost=cost_section(res), sequential=sequential(res))
     unknown = []
 
     def sub(m):
