@@ -33,8 +33,18 @@ def die(msg):
     raise Exit(2)
 
 
-def note(msg=""):
-    print(msg, flush=True)
+def note(msg="", end="\n"):
+    """A line on stdout. When the terminal is gone (a closed window: EIO; a closed pipe: EPIPE), the
+    runner goes on without printing: its runs still end, are recorded and release their locks."""
+    try:
+        print(msg, end=end, flush=True)
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 @dataclass
@@ -107,16 +117,22 @@ def parse_args(argv, env=None):
     i = 0
     while i < len(argv):
         arg = argv[i]
+        joined = False  # --name=value: the value is meant as written, even one starting with --
         if arg.startswith("--") and "=" in arg:
             name, _, val = arg.partition("=")
             argv[i:i + 1] = [name, val]
-            arg = name
+            arg, joined = name, True
         if arg in ("-h", "--help"):
             print(usage(env))
             raise Exit(0)
         if arg in VALUE_OPTS:
             if i + 1 >= len(argv) or argv[i + 1] == "":
                 die(f"{arg} needs a value (see --help)")
+            if not joined and arg not in ("--param", "--slurm-arg") and \
+                    (argv[i + 1].startswith("--") or argv[i + 1] in ("-h", "-v", "-j")):
+                # `--logs --dry-run` would make a directory named --dry-run and run the stage for real
+                die(f"{arg} needs a value but got the option '{argv[i + 1]}' (for a value that starts with "
+                    f"--, write {arg}={argv[i + 1]})")
             setattr(a, VALUE_OPTS[arg], argv[i + 1])
             i += 2
         elif arg in FLAG_OPTS:

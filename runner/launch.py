@@ -7,7 +7,9 @@ host, runner_pid, pgid of the trainer, started), stdout.log (the runner's === li
 trainer's output), summary.json (the trainer's, else one written by runinfo.finish; then "cost" added).
 Other nodes write stdout.node<R>.log only. Never imports torch.
 """
+import ctypes
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -20,7 +22,7 @@ import time
 from . import runinfo
 from .cli import (DEMO_EMBNORM_ITERS_DEFAULT, DEMO_TINY_ITERS_DEFAULT, build_options, die, node_from_env, note,
                   torch_available)
-from .plan import UsageError, cmd_string, launch_argv, make_plan, place, shell_line
+from .plan import UsageError, cmd_string, launch_argv, make_plan, place, shell_line, uses_torchrun
 from .stages import PlanError, load_builtin
 
 LOCK_NAME = ".runner.lock"
@@ -28,6 +30,8 @@ POLL_S = 0.5        # how often a running run's log is read (it starts faster)
 HEARTBEAT_S = 60    # a progress line at least this often while a run prints no new val loss
 KILL_AFTER_S = 30   # after --timeout's SIGTERM, SIGKILL this much later
 STEP_PREFIX = b"step:"
+NOT_RUN = ("skip", "busy", "node0")   # actions of runs this invocation leaves alone
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fmt_dur(s):
@@ -47,64 +51,221 @@ def iso_now():
 
 
 # ----------------------------------------------------------------------------- locks
+#
+# <run dir>/.runner.lock is created with O_CREAT|O_EXCL (one winner among runners started at the same
+# moment) and holds JSON {"host", "runner_pid", "pgid", "started"} (+ "pgids": the process groups of a
+# torchrun job's workers, each in its own session). On this host a lock is live while the runner or
+# any of those process groups is; a stale one is taken over by exactly one runner (an O_EXCL marker
+# named after the stale file). A lock from another host cannot be checked: the run is left alone.
+
+FRESH_LOCK_S = 30   # an empty or unreadable lock younger than this is being written: left alone
+TAKEOVER = ".runner.lock.takeover-"
+
 
 def read_lock(run_dir):
-    """(host, pid, pgid) of a lock file (JSON, or the older "host pid" line), or None."""
+    """None when there is no lock, else a dict: host, runner_pid, pgids (ints; the trainer's process
+    group first), raw (its bytes), ino and mtime (to take a stale one over safely). host is None when
+    the file is empty or unreadable (being written, or left half-written)."""
+    path = os.path.join(run_dir, LOCK_NAME)
     try:
-        with open(os.path.join(run_dir, LOCK_NAME)) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = f.read(65536)
+    except FileNotFoundError:
+        return None
     except OSError:
-        return None
+        return {"host": None, "runner_pid": None, "pgids": [], "raw": b"", "ino": None, "mtime": time.time()}
+    lock = {"host": None, "runner_pid": None, "pgids": [], "raw": raw, "ino": st.st_ino, "mtime": st.st_mtime}
     try:
-        d = json.loads(text)
-        return d.get("host"), d.get("runner_pid"), d.get("pgid")
+        d = json.loads(raw)
     except ValueError:
-        parts = text.split()
+        parts = raw.split()  # the bash runner's "host pid" line
         if len(parts) >= 2 and parts[1].isdigit():
-            return parts[0], int(parts[1]), None
-        return None
+            lock.update(host=parts[0].decode("utf-8", "replace"), runner_pid=int(parts[1]))
+        return lock
+    if isinstance(d, dict) and isinstance(d.get("host"), str):
+        groups = [d.get("pgid")] + (d.get("pgids") if isinstance(d.get("pgids"), list) else [])
+        lock.update(host=d["host"], runner_pid=d.get("runner_pid"),
+                    pgids=[g for g in groups if isinstance(g, int) and g > 0])
+    return lock
 
 
 def alive(pid, group=False):
+    """Whether a process (or a process group) runs; zombies (ended, not yet reaped: an orphan's parent
+    may never reap it in a container) do not count."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.killpg(pid, 0) if group else os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    if not os.path.isdir("/proc/self"):
+        return True
+    for name in os.listdir("/proc") if group else [str(pid)]:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != b"Z" and (not group or int(fields[2]) == pid):
+            return True
+    return False
+
+
+def lock_state(run_dir, lock=None):
+    """("none" | "live" | "other-host" | "stale", reason): what a lock says about its run on this host."""
+    lock = read_lock(run_dir) if lock is None else lock
+    path = os.path.join(run_dir, LOCK_NAME)
+    if lock is None:
+        return "none", ""
+    if lock["host"] is None:
+        if time.time() - lock["mtime"] < FRESH_LOCK_S:
+            return "live", "being claimed by another runner right now"
+        return "stale", f"unreadable lock {path}"
+    if lock["host"] != socket.gethostname():
+        return "other-host", (f"locked by a runner on {lock['host']}, which cannot be checked from here; if no "
+                              f"runner on {lock['host']} runs it, delete {path}")
+    live = [g for g in lock["pgids"] if alive(g, group=True)]
+    if live:
+        return "live", f"its trainer (process group {live[0]}) is running on this host"
+    if alive(lock["runner_pid"]):
+        return "live", f"being run by runner process {lock['runner_pid']} on this host"
+    return "stale", f"stale lock of runner process {lock['runner_pid']} (no process of it is left)"
 
 
 def lock_holder(run_dir):
-    """Who runs this directory, if anyone alive does (None: no lock or a stale one on this host)."""
-    lock = read_lock(run_dir)
-    if lock is None:
-        return None
-    host, pid, pgid = lock
-    if host == socket.gethostname():
-        if alive(pid) or alive(pgid, group=True):
-            return f"being run by runner process {pid} on this host"
-        return None
-    return f"being run on {host} (if it is not, delete {os.path.join(run_dir, LOCK_NAME)})"
+    """Why a run directory is not ours to run (a live lock, or one from another host), else None."""
+    state, why = lock_state(run_dir)
+    return why if state in ("live", "other-host") else None
+
+
+def _create_lock(path):
+    """O_CREAT|O_EXCL, then the JSON; False when it exists. A lock that cannot be written is removed."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        data = json.dumps({"host": socket.gethostname(), "runner_pid": os.getpid(), "pgid": None,
+                           "started": iso_now()}).encode()
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
+    except BaseException:
+        os.close(fd)
+        _unlink(path)
+        raise
+    os.close(fd)
 
 
 def claim(run_dir):
-    """Create the lock atomically; False when another runner holds it."""
-    try:
-        fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host": socket.gethostname(), "runner_pid": os.getpid(), "pgid": None, "started": iso_now()}, f)
-    return True
-
-
-def set_lock_pgid(run_dir, pgid):
+    """Claim a run directory: True, or the reason it is not ours (a string). One winner among any
+    number of runners at once, also when they take over the same stale lock. OSError when the lock
+    cannot be written (a full disk): nothing is left behind."""
     path = os.path.join(run_dir, LOCK_NAME)
-    runinfo.atomic_write_json(path, {"host": socket.gethostname(), "runner_pid": os.getpid(), "pgid": pgid,
-                                     "started": iso_now()})
+    for _ in range(5):
+        try:
+            _create_lock(path)
+            return True
+        except FileExistsError:
+            pass
+        lock = read_lock(run_dir)
+        if lock is None:
+            continue  # released meanwhile: try again
+        state, why = lock_state(run_dir, lock)
+        if state != "stale":
+            return why
+        # Take the stale lock over: one marker per stale file (inode and mtime), created O_EXCL, decides
+        # who may remove it; the winner checks it is still that same file before removing it.
+        marker = os.path.join(run_dir, f"{TAKEOVER}{lock['ino']}-{int(lock['mtime'] * 1e6)}")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return "another runner is taking over its stale lock"
+        try:
+            again = read_lock(run_dir)
+            if again is not None and (again["ino"], again["raw"]) == (lock["ino"], lock["raw"]):
+                _unlink(path)
+        finally:
+            _unlink(marker)
+    return "its lock keeps changing (another runner is claiming it)"
+
+
+def update_lock(run_dir, pgids):
+    """Name the trainer's process group(s) in our lock (the first is the trainer's own). Best effort:
+    when it cannot be written (a full disk), the runner's own pid still holds the claim and the trainer
+    dies with the runner."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    lock = read_lock(run_dir)
+    started = None
+    try:
+        started = json.loads(lock["raw"]).get("started") if lock else None
+    except (ValueError, AttributeError):
+        pass
+    try:
+        runinfo.atomic_write_json(path, {"host": socket.gethostname(), "runner_pid": os.getpid(), "pgid": pgids[0],
+                                         "pgids": pgids[1:], "started": started or iso_now()})
+        return True
+    except OSError:
+        return False
+
+
+def release(run_dir):
+    _unlink(os.path.join(run_dir, LOCK_NAME))
+
+
+def _unlink(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- the trainer's life
+
+def die_with_parent():
+    """preexec_fn of every trainer: SIGTERM when the runner dies, however it dies (Linux
+    PR_SET_PDEATHSIG; the trainers write an "interrupted" summary on SIGTERM and torchrun stops its
+    workers). A runner already gone by then (the fork raced its death) means: do not start."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup():
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:
+            os._exit(143)
+    return setup
+
+
+def descendants(pid):
+    """Every process below `pid` (Linux /proc), as {pid: pgid}."""
+    children, groups = {}, {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+        groups[int(name)] = int(fields[2])
+    out, todo = {}, [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out[c] = groups.get(c)
+                todo.append(c)
+    return out
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -135,7 +296,7 @@ class Stage:
                 die(f"--logs: cannot create '{logs}'")
             self.logs = os.path.abspath(logs)
         self.opts = opts = build_options(a, env, self.logs)
-        node = node_from_env(env)
+        node = self.plan_node()
         extra_specs = []
         if a.stage == "demo":
             extra_specs = self.demo_specs()
@@ -143,6 +304,7 @@ class Stage:
             self.plan = plan = make_plan(self.spec, opts, node, extra_specs)
         except UsageError as e:
             die(str(e))
+        plan.runs = self.select(plan.runs)
         self.jobs = int(a.jobs) if a.jobs else 1
         if not a.jobs and a.stage == "demo" and plan.device == "cpu" and cores(env) >= 2:
             # The demo's small CPU models: two 1-thread runs side by side match one 2-thread run on an
@@ -163,12 +325,20 @@ class Stage:
             die(f"nothing to run: no variant of {a.stage} matches --variants '{' '.join(a.variants or [])}'")
         for r in plan.runs:
             self.decide(r)
-        self.todo = [r for r in plan.runs if r.action not in ("skip", "busy")]
+        self.todo = [r for r in plan.runs if r.action not in NOT_RUN]
         place(self.todo, plan, opts)
         self.print_header()
         if a.dry:
             return self.print_dry_run()
         return self.execute()
+
+    def plan_node(self):
+        """The GPUs the plan is made for: this node's (a Slurm submission plans for the compute nodes)."""
+        return node_from_env(self.env)
+
+    def select(self, runs):
+        """The planned runs this invocation is about (all of them; a Slurm array task keeps its one run)."""
+        return runs
 
     def demo_specs(self):
         """The demo: tiny (already self.spec) then the embnorm study at the demo's count."""
@@ -196,6 +366,10 @@ class Stage:
     def decide(self, r):
         """What to do with a planned run, from what its directory holds."""
         a, opts = self.a, self.opts
+        if opts.nnodes > 1 and not r.distributed and opts.node_rank != 0:
+            r.action, r.prev = "node0", f"{r.script} is not distributed: node 0 runs it alone"
+            return
+        r.seen = summary_ident(r.dir)
         if not os.path.exists(r.dir):
             r.action = "run"
             return
@@ -231,7 +405,7 @@ class Stage:
         plan = self.plan
         for r in plan.runs:
             rel = os.path.relpath(r.dir, self.logs) if r.dir.startswith(self.logs + "/") else r.dir
-            if plan.slots > 1 and r.action not in ("skip", "busy") and \
+            if plan.slots > 1 and r.action not in NOT_RUN and \
                     next(x for x in self.todo if x.wave == r.wave) is r:
                 wave = [x for x in self.todo if x.wave == r.wave]
                 nums = f"{self.todo.index(wave[0]) + 1}-{self.todo.index(wave[-1]) + 1}"
@@ -241,6 +415,8 @@ class Stage:
                 note(f"skip    {rel} (summary.json says {r.prev}; --force reruns it)")
             elif r.action == "busy":
                 note(f"busy    {rel} ({r.prev})")
+            elif r.action == "node0":
+                note(f"node 0  {rel} ({r.prev})")
             elif r.action == "rerun":
                 note(f"rerun   {rel} (previous attempt: {r.prev}; it would be moved to {self.logs}/.superseded/)")
                 note(f"        {cmd_string(r, self.opts)}")
@@ -296,7 +472,7 @@ class Stage:
                 continue
             done.add(r.key)
             same = [x for x in self.plan.runs if x.key == r.key]
-            commands = {str(x.seed): cmd_string(x, self.opts) for x in same if x.action not in ("skip", "busy")}
+            commands = {str(x.seed): cmd_string(x, self.opts) for x in same if x.action not in NOT_RUN}
             try:
                 runinfo.write_experiment(
                     os.path.join(self.logs, r.key), stage=r.stage_dir, variant=r.variant, script=r.script,
@@ -309,11 +485,8 @@ class Stage:
             except OSError:
                 note(f"warning: could not write {self.logs}/{r.key}/experiment.json")
 
-    def argv_words(self):
-        return self.env.get("RUNNER_ARGV_WORDS", "").split("\x1f") if self.env.get("RUNNER_ARGV_WORDS") else sys.argv[1:]
-
-    # ------------------------------------------------------------------ running
-    def execute(self):
+    def prepare(self):
+        """Before the runs (node 0): the Shakespeare data, sweep.json, experiment.json; 2: stop (exit code)."""
         a, opts = self.a, self.opts
         if self.todo and opts.node_rank == 0:
             if a.stage in ("demo", "smoke", "tiny", "embnorm") or a.preset or \
@@ -327,8 +500,22 @@ class Stage:
                 note(f"warning: could not write {self.logs}/sweep_{a.sweep_param}/sweep.json")
         if self.todo and opts.node_rank == 0:
             self.write_experiments()
+        return 0
+
+    def argv_words(self):
+        return self.env.get("RUNNER_ARGV_WORDS", "").split("\x1f") if self.env.get("RUNNER_ARGV_WORDS") else sys.argv[1:]
+
+    # ------------------------------------------------------------------ running
+    def execute(self):
+        a, opts = self.a, self.opts
+        # Ctrl-C, SIGTERM and SIGHUP (a closed terminal) from here on only set a flag: every run still
+        # gets its row, its summary and its lock removed, and the stage exits 130.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self.on_signal)
+        self.disk_full = None
+        self.preexec = die_with_parent()
+        if self.prepare() == 2:
+            return 2
         self.t0 = time.time()
         index = {id(r): i for i, r in enumerate(self.plan.runs)}
         for r in self.plan.runs:
@@ -339,14 +526,21 @@ class Stage:
             elif r.action == "busy":
                 self.rows[index[id(r)]] = self.row(r, "not run", "running", "", "", r.prev)
                 note(f"busy {r.label}: {r.prev}")
+            elif r.action == "node0":
+                row = self.row(r, "node 0 only", "-", "", "", r.prev)
+                row["counted"] = False
+                self.rows[index[id(r)]] = row
+                note(f"node 0 only {r.label}: {r.prev}")
         self.running = []
         pending = list(self.todo)
         self.k = 0
         poll = 0.05
         while pending or self.running:
-            if self.interrupted:
+            if self.interrupted or self.disk_full:
+                why = "interrupted before it started" if self.interrupted else \
+                    f"not started: the disk is full ({self.disk_full})"
                 for r in pending:
-                    self.rows[index[id(r)]] = self.row(r, "not run", "-", "", "", "interrupted before it started")
+                    self.rows[index[id(r)]] = self.row(r, "not run", "-", "", "", why)
                 pending = []
             for r in list(pending):
                 if self.can_start(r, pending):
@@ -362,7 +556,7 @@ class Stage:
         rows = [self.rows[i] for i in sorted(self.rows)]
         for line in runinfo.table(rows, self.rate):
             note(line)
-        bad = sum(r["status"] != "ok" for r in rows)
+        bad = sum(r["status"] != "ok" for r in rows if r.get("counted", True))
         if a.stage == "demo" and not self.interrupted and opts.node_rank == 0:
             bad += self.analyze()
         if self.interrupted:
@@ -384,52 +578,49 @@ class Stage:
         self.k += 1
         label = f"[{self.k}/{len(self.todo)}] {r.label}"
         if opts.node_rank == 0:
-            if r.action == "rerun" and not self.move_aside(r):
-                note(f"{label}: cannot move {r.dir} aside; not run")
-                self.rows[idx] = self.row(r, "not run", "failed", "", "", "cannot move the old run aside")
+            if not self.claim_run(r, idx, label):
                 return
-            if r.action == "resume" and os.path.exists(os.path.join(r.dir, "summary.json")):
-                os.replace(os.path.join(r.dir, "summary.json"),
-                           os.path.join(r.dir, f"summary.{r.prev}-{runinfo.utc_stamp()}.json"))
-        try:
-            os.makedirs(r.dir, exist_ok=True)
-        except OSError:
-            note(f"{label}: cannot create {r.dir}")
-            self.rows[idx] = self.row(r, "not run", "failed", "", "", "cannot create the run directory")
-            return
-        if opts.node_rank == 0 and not claim(r.dir):
-            holder = lock_holder(r.dir) or "claimed by another runner"
-            note(f"busy {r.label}: {holder}")
-            self.rows[idx] = self.row(r, "not run", "running", "", "", holder)
-            return
+        else:
+            try:
+                os.makedirs(r.dir, exist_ok=True)
+            except OSError as e:
+                return self.not_run(r, idx, label, "failed", self.os_problem(e, r.dir, "cannot create"))
         log = os.path.join(r.dir, "stdout.log" if opts.node_rank == 0 else f"stdout.node{opts.node_rank}.log")
         offset = os.path.getsize(log) if os.path.exists(log) else 0
         line = cmd_string(r, opts)
-        with open(log, "a") as f:
-            f.write(f"=== run_experiments.sh {iso_now()}: {r.action} {r.stage_dir}/{r.variant} seed {r.seed} "
-                    f"(node {opts.node_rank})\n=== {line}\n")
+        try:
+            with open(log, "a") as f:
+                f.write(f"=== run_experiments.sh {iso_now()}: {r.action} {r.stage_dir}/{r.variant} seed {r.seed} "
+                        f"(node {opts.node_rank})\n=== {line}\n")
+        except OSError as e:
+            if opts.node_rank == 0:
+                release(r.dir)
+            return self.not_run(r, idx, label, "failed", self.os_problem(e, log, "cannot write"))
         note(f"{label}: {r.action} (stage elapsed {fmt_dur(time.time() - self.t0)})")
         job = {"run": r, "idx": idx, "label": label, "log": log, "offset": offset, "t0": time.time(), "proc": None,
                "rc": None, "last_val": None, "last_print": time.time(), "step0": None, "since0": 0,
-               "term_at": None, "kill_at": None, "sharing": 1, "stream_pos": None}
+               "term_at": None, "kill_at": None, "sharing": 1, "stream_pos": None, "pgids": [],
+               "workers": uses_torchrun(r, opts)}
         if not os.path.isfile(os.path.join(opts.scripts_dir, r.script)):
-            with open(log, "a") as f:
-                f.write(f"FileNotFoundError: {r.script} is not in {opts.scripts_dir} "
+            append(log, f"FileNotFoundError: {r.script} is not in {opts.scripts_dir} "
                         "(the trainer script does not exist yet?)\n")
             job["rc"] = 127
         else:
             env = dict(self.child_env, CUDA_VISIBLE_DEVICES=r.cvd)
             try:
+                # its own session (a Ctrl-C at the terminal reaches the runner only, which stops the run
+                # and records it), and SIGTERM when the runner dies in any way (die_with_parent)
                 with open(log, "ab") as out:
                     job["proc"] = subprocess.Popen(launch_argv(r, opts), cwd=opts.scripts_dir, stdout=out,
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                                   start_new_session=True)
+                                                   start_new_session=True, preexec_fn=self.preexec)
             except OSError as e:
-                with open(log, "a") as f:
-                    f.write(f"OSError: cannot start {launch_argv(r, opts)[0]}: {e.strerror}\n")
+                append(log, f"OSError: cannot start {launch_argv(r, opts)[0]}: {e.strerror}\n")
                 job["rc"] = 127
-            if job["proc"] is not None and opts.node_rank == 0:
-                set_lock_pgid(r.dir, job["proc"].pid)
+            if job["proc"] is not None:
+                job["pgids"] = [job["proc"].pid]
+                if opts.node_rank == 0:
+                    update_lock(r.dir, job["pgids"])
             if job["proc"] is not None and self.interrupted:
                 self.signal_job(job, signal.SIGTERM)  # Ctrl-C came while it was starting
             if self.a.verbose:
@@ -438,17 +629,104 @@ class Stage:
         for j in self.running:
             j["sharing"] = max(j["sharing"], len(self.running))
 
-    def signal_job(self, job, sig):
-        if job["proc"] is not None and job["proc"].poll() is None:
+    def claim_run(self, r, idx, label):
+        """Node 0: claim the run directory and, under the claim, make sure the run is still ours to run
+        (another runner on the same logs may have run it since this one looked); move an old attempt
+        aside. False (with the run's row) when it is not run."""
+        try:
+            os.makedirs(r.dir, exist_ok=True)
+            got = claim(r.dir)
+        except OSError as e:
+            return self.not_run(r, idx, label, "failed", self.os_problem(e, r.dir, "cannot claim"))
+        if got is not True:
+            note(f"busy {r.label}: {got}")
+            self.rows[idx] = self.row(r, "not run", "running", "", "", got)
+            return False
+        if summary_ident(r.dir) != r.seen:
+            st, vloss, wall, err = runinfo.describe(r.dir)
+            release(r.dir)
+            note(f"{label}: another runner ran it meanwhile (summary.json says {st}); left alone")
+            self.rows[idx] = self.row(r, "not run", st, vloss, wall, "run by another runner meanwhile",
+                                      runinfo.cost_of(r.dir))
+            return False
+        if r.action == "run" and _leftovers(r.dir):
+            r.action, r.prev = "rerun", runinfo.status_of(r.dir)  # a dead runner's attempt, found under the claim
+        if self.interrupted:
+            release(r.dir)
+            return self.not_run(r, idx, label, "-", "interrupted before it started", quiet=True)
+        if r.action == "rerun":
+            dest = self.move_aside(r)
+            if dest is None:
+                release(r.dir)
+                return self.not_run(r, idx, label, "failed", f"cannot move {r.dir} aside")
+            release(dest)  # our claim moved with the old attempt
+            for _ in range(50):  # the fresh directory: another runner may hold it for a moment
+                try:
+                    os.makedirs(r.dir, exist_ok=True)
+                    got = claim(r.dir)
+                except OSError as e:
+                    return self.not_run(r, idx, label, "failed", self.os_problem(e, r.dir, "cannot claim"))
+                if got is True or "right now" not in got and "by runner process" not in got:
+                    break
+                time.sleep(0.1)
+            if got is not True:
+                note(f"busy {r.label}: {got}")
+                self.rows[idx] = self.row(r, "not run", "running", "", "", got)
+                return False
+        if r.action == "resume" and os.path.exists(os.path.join(r.dir, "summary.json")):
             try:
-                os.killpg(job["proc"].pid, sig)
+                os.replace(os.path.join(r.dir, "summary.json"),
+                           os.path.join(r.dir, f"summary.{r.prev}-{runinfo.utc_stamp()}.json"))
+            except OSError as e:
+                release(r.dir)
+                return self.not_run(r, idx, label, "failed", self.os_problem(e, r.dir, "cannot keep the summary in"))
+        return True
+
+    def not_run(self, r, idx, label, status, why, quiet=False):
+        if not quiet:
+            note(f"{label}: not run: {why}")
+        self.rows[idx] = self.row(r, "not run", status, "", "", why)
+        return False
+
+    def os_problem(self, e, path, what):
+        """One line for a failed file operation; a full disk also stops the stage from starting more runs."""
+        if e.errno in DISK_FULL:
+            if not self.disk_full:
+                self.disk_full = f"{what} {path}: {e.strerror}"
+                note(f"== disk full: {what} {path} ({e.strerror}); no further run starts: free space and run the "
+                     "same command again (unfinished runs are rerun)")
+            return f"disk full: {what} {path}"
+        return f"{what} {path}: {e.strerror or e}"
+
+    def signal_job(self, job, sig):
+        """`sig` to the trainer's process group and, under torchrun, to each worker's own group (torchrun
+        starts every worker in a session of its own: a SIGKILL of the agent alone would orphan them)."""
+        if job["proc"] is None:
+            return
+        if job["workers"]:
+            self.track_workers(job)
+        groups = job["pgids"] if job["proc"].poll() is None else job["pgids"][1:]
+        for g in groups:
+            try:
+                os.killpg(g, sig)
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def track_workers(self, job):
+        """Under torchrun: note the workers' process groups (in the lock too, for a rerun to see them)."""
+        found = sorted({g for g in descendants(job["proc"].pid).values() if g and g not in job["pgids"]})
+        if found:
+            job["pgids"] += found
+            if self.opts.node_rank == 0:
+                update_lock(job["run"].dir, job["pgids"])
+        if len(job["pgids"]) > job["run"].nproc:
+            job["workers"] = False  # all found (an agent's workers are not restarted: --max-restarts 0)
 
     def on_signal(self, signum, frame):
         self.interrupted += 1
         if self.interrupted == 1:
-            print("\n== interrupted: stopping the running run(s) (again to kill them at once)", flush=True)
+            name = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}.get(signum, signum)
+            note(f"\n== interrupted ({name}): stopping the running run(s) (again to kill them at once)")
         for job in getattr(self, "running", []):
             self.signal_job(job, signal.SIGTERM if self.interrupted == 1 else signal.SIGKILL)
 
@@ -461,6 +739,8 @@ class Stage:
                 self.stream(job)
             rc = proc.poll()
             if rc is None:
+                if job["workers"]:
+                    self.track_workers(job)
                 if timeout > 0 and job["term_at"] is None and now - job["t0"] >= timeout:
                     job["term_at"] = now
                     self.signal_job(job, signal.SIGTERM)
@@ -479,6 +759,8 @@ class Stage:
             elif rc < 0:
                 rc = 128 - rc
             job["rc"] = rc
+            if len(job["pgids"]) > 1:  # torchrun's workers go with their agent, whatever ended it
+                self.signal_job(job, signal.SIGKILL)
         self.running.remove(job)
         self.end(job)
 
@@ -491,8 +773,7 @@ class Stage:
             return
         if data:
             job["stream_pos"] += len(data)
-            sys.stdout.write(data.decode("utf-8", errors="replace"))
-            sys.stdout.flush()
+            note(data.decode("utf-8", errors="replace"), end="")
 
     def progress(self, job, now):
         r = job["run"]
@@ -548,7 +829,9 @@ class Stage:
         return cur + rest // max(self.jobs, self.plan.slots)
 
     def move_aside(self, r):
-        """The previous attempt goes to <logs>/.superseded/<stage>/<variant>/seed_S.<utc>."""
+        """The previous attempt goes to <logs>/.superseded/<stage>/<variant>/seed_S.<utc> (renamed: a
+        trainer still writing into it keeps writing there, never into the new attempt); returns that
+        path, or None."""
         dest = os.path.join(self.logs, ".superseded", r.stage_dir, r.variant, f"seed_{r.seed}.{runinfo.utc_stamp()}")
         while os.path.exists(dest):
             dest += "x"
@@ -556,9 +839,9 @@ class Stage:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.move(r.dir, dest)
         except OSError:
-            return False
+            return None
         note(f"   previous attempt ({r.prev}) moved to {os.path.relpath(dest, self.logs)}")
-        return True
+        return dest
 
     def end(self, job):
         r, opts = job["run"], self.opts
@@ -566,8 +849,7 @@ class Stage:
         wall = t1 - job["t0"]
         el = int(wall)
         rc = job["rc"]
-        with open(job["log"], "a") as f:
-            f.write(f"=== run_experiments.sh {iso_now()}: exit code {rc} after {el}s\n")
+        append(job["log"], f"=== run_experiments.sh {iso_now()}: exit code {rc} after {el}s\n")
         cost = None
         if opts.node_rank == 0:
             # Under several nodes, global rank 0 may live on another node and finish a moment later.
@@ -582,13 +864,15 @@ class Stage:
                                       seed=r.seed, repo=opts.scripts_dir)
                 cost = runinfo.make_cost(self.plan.device, r.nproc * opts.nnodes, wall, job["sharing"])
                 runinfo.add_cost(r.dir, cost)
-            except OSError:
-                note(f"{job['label']}: warning: could not record the run's summary.json")
+            except OSError as e:
+                problem = self.os_problem(e, os.path.join(r.dir, "summary.json"), "cannot write")
+                note(f"{job['label']}: {problem}")
                 desc = runinfo.describe(r.dir)
-            try:
-                os.remove(os.path.join(r.dir, LOCK_NAME))
-            except OSError:
-                pass
+                if desc[0] in ("none", "corrupt"):  # nothing on disk says what happened: the table does
+                    status = ("interrupted" if self.interrupted else "timeout" if job["term_at"] is not None
+                              else "failed")
+                    desc = (status, "", f"{wall:.1f}", f"exit code {rc}; {problem}")
+            release(r.dir)
         else:
             desc = runinfo.describe(r.dir)
             if desc[0] == "none":
@@ -642,5 +926,32 @@ def cores(env):
 def _nonempty(path):
     try:
         return bool(os.listdir(path))
+    except OSError:
+        return False
+
+
+def summary_ident(run_dir):
+    """summary.json's identity (inode, mtime, size), or None: what the runner saw when it decided."""
+    try:
+        st = os.stat(os.path.join(run_dir, "summary.json"))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _leftovers(run_dir):
+    """Whether a run directory holds anything besides the runner's lock (and takeover markers)."""
+    try:
+        return any(n != LOCK_NAME and not n.startswith(TAKEOVER) for n in os.listdir(run_dir))
+    except OSError:
+        return False
+
+
+def append(path, text):
+    """Append a line to a run's log; False when it cannot (a full disk: the run's row says so)."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+        return True
     except OSError:
         return False

@@ -22,6 +22,19 @@ from .stages import scaled_warmdown
 RECORD_WARMDOWN_RATIO = (1450, 5100)   # the record: 1,450 warm-down iterations of 5,100
 TINY_WARMDOWN_RATIO = (45, 150)        # the tiny preset: 45 of 150
 DEFAULT_PORT_BASE = 29500
+# The train_gpt scripts' global batch (sequences) when no --batch_size is given: the record's, and the
+# tiny preset's (tests/test_runner_gpu_paths.py checks both against the trainers' own defaults).
+RECORD_BATCH_SIZE = 512
+TINY_BATCH_SIZE = 32
+# Scripts with a --compile auto|on|off flag (auto: on for CUDA, off for CPU).
+COMPILE_SCRIPT_PREFIXES = ("train_gpt", "train_mini_embnorm")
+
+
+def is_distributed(script):
+    """Whether a script trains as one job over several processes (torchrun): the train_gpt scripts set
+    up a process group; the others (train_mini_embnorm.py) run one process (tests check this against
+    the scripts' code)."""
+    return script.startswith("train_gpt")
 
 
 class UsageError(Exception):
@@ -75,10 +88,15 @@ class Run:
     slot: int = 0
     wave: int = 0
     port: int | None = None        # own rendezvous port (packed torchrun runs)
+    seen: object = None            # summary.json's identity when decided (re-checked under the lock)
 
     @property
     def key(self):
         return f"{self.stage_dir}/{self.variant}"
+
+    @property
+    def distributed(self):
+        return is_distributed(self.script)
 
     @property
     def label(self):
@@ -157,20 +175,70 @@ def expand(spec, opts, device, nproc):
             if spec.warmdown_ratio and gpt:
                 hp += ["--warmdown_iters", str(scaled_warmdown(opts.iterations, spec.warmdown_ratio))]
         args = merge_flags(hp + c.flags, opts.extra)
-        if c.script.startswith("train_gpt"):
-            if opts.compile == "on" or (opts.compile == "auto" and device == "cuda" and spec.kind == "gpu"):
-                args.append("--compile")
-            if opts.save_every is not None:
-                args += ["--save_every", str(opts.save_every)]
+        # --compile: always explicit when the user chose (the scripts' own default, auto, compiles on
+        # CUDA); with auto, the GPU stages on GPUs say "on" (the record compiles) and the rest is left
+        # to the scripts' auto (on for CUDA, off for CPU).
+        if c.script.startswith(COMPILE_SCRIPT_PREFIXES) and not has_flag("--compile", opts.extra):
+            if opts.compile in ("on", "off"):
+                args += ["--compile", opts.compile]
+            elif device == "cuda" and spec.kind == "gpu" and gpt:
+                args += ["--compile", "on"]
+        if gpt and opts.save_every is not None:
+            args += ["--save_every", str(opts.save_every)]
+        procs = c.processes or nproc
+        if gpt:
+            args = fit_device_batch(spec, c, args, opts, procs * opts.nnodes, procs)
         args += ["--device", device, *opts.extra]
         for pos, seed in enumerate(c.seeds or opts.seeds or spec.seeds):
-            run = Run(stage_dir=spec.stage_dir, variant=c.name, script=c.script, nproc=c.processes or nproc,
+            run = Run(stage_dir=spec.stage_dir, variant=c.name, script=c.script, nproc=procs,
                       seed=seed, args=args, dir=f"{opts.logs}/{spec.stage_dir}/{c.name}/seed_{seed}")
             queued.append(((pos, vpos), run))
     # Seed by seed (baseline 42, palm 42, baseline 43, ...): a drift of the machine's speed during the
     # stage then falls on every variant alike instead of on whichever ran last.
     queued.sort(key=lambda q: q[0])
     return [r for _, r in queued]
+
+
+def flag_value(name, words):
+    """The value of a flag's last occurrence (--name V or --name=V), or None."""
+    val = None
+    for i, w in enumerate(words):
+        if w == name and i + 1 < len(words):
+            val = words[i + 1]
+        elif w.startswith(name + "="):
+            val = w[len(name) + 1:]
+    return val
+
+
+def fit_device_batch(spec, c, args, opts, world, procs):
+    """The train_gpt scripts split the global batch over the processes and pick the device batch
+    themselves unless it is given. A process count that cannot split the batch is refused here, before
+    anything starts; a device batch set by the stage file that does not fit this process count is left
+    out (the trainer then picks the largest one <= 64 that fits and says so); one given after -- is kept."""
+    every = args + opts.extra
+    raw = flag_value("--batch_size", every)
+    batch = int(raw) if raw and raw.isdigit() else (TINY_BATCH_SIZE if flag_value("--preset", every) == "tiny"
+                                                     else RECORD_BATCH_SIZE)
+    if raw is not None and not raw.isdigit():
+        return args  # the trainer refuses it with its own line
+    if batch % world:
+        fits = [n for n in range(1, 17) if batch % (n * opts.nnodes) == 0]
+        raise UsageError(f"{spec.name}/{c.name}: {c.script} splits its global batch of {batch} sequences over the "
+                         f"{world} processes of a run ({procs} per node x {opts.nnodes} node(s)), which does not divide "
+                         f"it; use --gpus {' or '.join(map(str, fits[-3:]))} (per node) or another --batch_size")
+    dbs = flag_value("--device_batch_size", args)
+    if dbs and dbs.isdigit() and int(dbs) > 0 and not has_flag("--device_batch_size", opts.extra) \
+            and (batch // world) % int(dbs):
+        out, i = [], 0
+        while i < len(args):
+            if args[i] == "--device_batch_size":
+                i += 2
+                continue
+            if not args[i].startswith("--device_batch_size="):
+                out.append(args[i])
+            i += 1
+        return out
+    return args
 
 
 def make_plan(spec, opts, node, extra_specs=()):
@@ -208,7 +276,11 @@ def place(todo, plan, opts):
         run.slot = (j + run.wave) % plan.slots
         if plan.device == "cuda" and plan.slots > 1:
             first = run.slot * plan.slot_size
-            run.cvd = ",".join(plan.gpus[first: first + plan.slot_size])
+            run.cvd = ",".join(plan.gpus[first: first + run.nproc])
+        elif plan.device == "cuda":
+            # one run at a time: the first GPUs of the stage's set, as many as this run has processes
+            # (smoke's 2-process run gets 2 while its 1-process runs get 1)
+            run.cvd = ",".join(plan.cvd.split(",")[: run.nproc]) if plan.cvd else ""
         else:
             run.cvd = plan.cvd
         run.port = opts.port_base + run.slot if plan.slots > 1 else None
@@ -216,6 +288,8 @@ def place(todo, plan, opts):
 
 
 def uses_torchrun(run, opts):
+    if not run.distributed:  # one process, on node 0 alone when there are several nodes
+        return opts.launcher == "torchrun" and opts.nnodes == 1
     return opts.launcher == "torchrun" or (opts.launcher == "auto" and run.nproc * opts.nnodes > 1)
 
 
@@ -223,7 +297,7 @@ def launch_argv(run, opts):
     """The exact argv of a run (started in opts.scripts_dir)."""
     if uses_torchrun(run, opts):
         cmd = [opts.python, "-m", "torch.distributed.run"]
-        if opts.nnodes == 1 and run.port is None:
+        if (opts.nnodes == 1 or not run.distributed) and run.port is None:
             cmd += ["--standalone", f"--nproc_per_node={run.nproc}"]
         elif opts.nnodes == 1:
             # a packed run: its own rendezvous on its own port, beside the other slots' runs

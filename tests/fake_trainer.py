@@ -39,7 +39,7 @@ def main():
     for flag in ("--seed", "--num_iterations", "--warmdown_iters", "--batch_size", "--device_batch_size",
                  "--val_loss_every", "--save_every"):
         p.add_argument(flag, type=int)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const="on", choices=["auto", "on", "off"])
     a = p.parse_args()
     n = a.num_iterations or 20
     every = a.val_loss_every or 5

@@ -163,7 +163,7 @@ def test_dry_run_prints_every_command_and_writes_nothing(fake_repo, tmp_path):
     assert len(cmds) == 6  # baseline and palm x seeds 42 43 44
     for c in cmds:
         assert "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in c and "--standalone --nproc_per_node=8" in c
-        assert "--compile --device cuda" in c
+        assert "--compile on --device cuda" in c
     assert any(f"train_gpt_palm.py --seed 44 --out_dir {logs}/stage_c/palm/seed_44" in c for c in cmds)
     p = run(["lmd", "--dry-run", "--gpus", "2", "--iterations", "100", "--logs", str(logs)], tmp_path, check_rc=0)
     lmd = [ln for ln in p.stdout.splitlines() if "train_gpt_lmd.py" in ln]

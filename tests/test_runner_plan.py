@@ -59,6 +59,15 @@ def without_embnorm_warmdown(text):
                      for ln in text.split("\n"))
 
 
+def per_run_gpus(line):
+    """A bash-runner command line with CUDA_VISIBLE_DEVICES cut to the run's own process count."""
+    m = re.match(r"(\s+cd \S+ && CUDA_VISIBLE_DEVICES=)([0-9,]+)( .*)", line)
+    if not m:
+        return line
+    n = re.search(r"--nproc_per_node=(\d+)", line)
+    return m.group(1) + ",".join(m.group(2).split(",")[: int(n.group(1)) if n else 1]) + m.group(3)
+
+
 def packed_runs(stdout):
     """[(CUDA_VISIBLE_DEVICES, command without it, wave number)] of a packed dry run."""
     runs, wave = [], -1
@@ -92,10 +101,27 @@ def test_dry_run_matches_the_bash_runner(i, tmp_path, capsys):
         # behaviour change: --iterations no longer gives train_mini_embnorm.py a --warmdown_iters it
         # does not have (the bash runner's smoke --iterations N failed those three runs)
         old["stdout"] = without_embnorm_warmdown(old["stdout"])
+    # behaviour changes (issue 16): the compile setting is explicit, "--compile on" where the bash runner
+    # passed a bare --compile (the trainers read both as on) and "--compile on|off" for --compile /
+    # --no-compile (the bash runner passed nothing to train_mini_embnorm.py, nor for --no-compile: the
+    # trainers' auto compiled on CUDA); each run sees as many GPUs as it has processes; a script that is
+    # not distributed runs on node 0 alone (tests/test_runner_gpu_paths.py checks these directly)
+    if ("--nnodes" in case["argv"] or case["env"].get("NNODES", "1") != "1") and "train_mini_embnorm.py" in old["stdout"]:
+        return
+    old["stdout"] = re.sub(r" --compile(?= )", " --compile on", old["stdout"])
+    def explicit_compile_dropped(out):
+        if "--no-compile" in case["argv"]:
+            out["stdout"] = out["stdout"].replace(" --compile off", "")
+        elif "--compile" in case["argv"]:
+            out["stdout"] = "\n".join(ln.replace(" --compile on", "", 1) if "train_mini_embnorm.py" in ln else ln
+                                      for ln in out["stdout"].split("\n"))
+        return out
+    new = explicit_compile_dropped(new)
+    old["stdout"] = "\n".join(per_run_gpus(ln) for ln in old["stdout"].split("\n"))
     if new == old:
         return
     # behaviour change: packing. With --no-pack the output is the bash runner's, to the byte...
-    assert run_inprocess(case, tmp_path, capsys, ["--no-pack"]) == old, case["argv"]
+    assert explicit_compile_dropped(run_inprocess(case, tmp_path, capsys, ["--no-pack"])) == old, case["argv"]
     # ...and packed, the same commands run, several at once on disjoint GPU sets with their own ports.
     assert case["gpus"] == 8 and new["rc"] == 0 and "   packed: " in new["stdout"]
     runs = packed_runs(new["stdout"])
@@ -126,8 +152,9 @@ def test_the_shell_entry_gives_the_same_dry_run(tmp_path):
         env = {"PATH": path, "PYTHON": "python", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
         p = subprocess.run(["bash", os.path.join(REPO, "run_experiments.sh"), *argv], capture_output=True, text=True,
                            env=env, cwd=tmp_path, timeout=60)
+        old = re.sub(r" --compile(?= )", " --compile on", case["stdout"])  # explicit now (issue 16)
         assert (p.returncode, p.stdout.replace(REPO, "{REPO}"), p.stderr.replace(REPO, "{REPO}")) == \
-            (case["rc"], case["stdout"], case["stderr"]), case["argv"]
+            (case["rc"], old, case["stderr"]), case["argv"]
 
 
 # ----------------------------------------------------------------------------- the plan, by hand
@@ -184,9 +211,12 @@ def test_no_pack_several_nodes_and_full_nodes_run_one_at_a_time():
 
 def test_gpu_counts_odd_sizes_and_refusals():
     o = opts()
-    plan = make_plan(load_builtin("stage_b"), opts(nproc=3), gpus(8))  # floor(8/3) = 2 runs of 3 GPUs
+    # floor(8/3) = 2 runs of 3 GPUs (a batch that 3 processes can split)
+    plan = make_plan(load_builtin("stage_b"), opts(nproc=3, extra=["--batch_size", "384"]), gpus(8))
     runs = todo(plan, o)
     assert (plan.slots, [r.cvd for r in runs[:2]]) == (2, ["0,1,2", "3,4,5"])
+    with pytest.raises(UsageError, match="global batch of 512 sequences over the 3 processes.*--gpus 4 or 8 or 16"):
+        make_plan(load_builtin("stage_b"), opts(nproc=3), gpus(8))  # the record's 512 cannot be split in 3
     with pytest.raises(UsageError, match="wants 8 GPU.*shows 2; pass --gpus 2"):
         make_plan(load_builtin("stage_c"), o, gpus(2))
     with pytest.raises(UsageError, match="nvidia-smi shows none"):
@@ -213,7 +243,7 @@ def test_flags_iterations_warmdown_and_overrides():
     plan = make_plan(load_builtin("stage_a"), o, gpus(1))
     # the stage's flags, then --iterations' (later wins), less what -- overrides; then the runner's own
     assert plan.runs[0].args == ["--device_batch_size", "16", "--val_loss_every", "25", "--num_iterations", "100",
-                                 "--warmdown_iters", "28", "--compile", "--device", "cuda", "--batch_size", "64"]
+                                 "--warmdown_iters", "28", "--compile", "on", "--device", "cuda", "--batch_size", "64"]
 
 
 @pytest.mark.parametrize("word", ["", "a b", "a'b", "x*y", "~a", "a~", "#a", "a=b", "a,b", "a:b", "a^b", "a!b",
