@@ -254,6 +254,7 @@ Options:
                         flags (e.g. stage_a --preset tiny runs the stage's design on CPU)
   --device D            auto (default: cuda when nvidia-smi shows a GPU), cpu or cuda
   --compile/--no-compile  torch.compile (default: on for the GPU stages on GPUs, off on CPU)
+                        passed as --compile on|off (other stages on CUDA: the scripts' own auto, on)
   --save-every K        checkpoint every K steps (train_gpt scripts), needed by --resume
   --force               rerun runs that finished; the old run directory is moved aside, not deleted
   --resume              continue unfinished runs from their checkpoints instead of starting over
