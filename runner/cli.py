@@ -83,6 +83,14 @@ class Args:
     sweep_values: list = field(default_factory=list)
     seeds_text: str = ""
     variants_text: str = ""
+    slurm: bool = False              # --slurm and its options (runner/slurm.py)
+    slurm_status: bool = False       # --status
+    slurm_task: str = ""             # --slurm-task RUN_DIR: inside an array task, the one run it runs
+    partition: str = ""
+    account: str = ""
+    slurm_time: str = ""
+    slurm_args: list = field(default_factory=list)
+    argv: list = field(default_factory=list)    # the command line as given (an array task's is built from it)
     sequential: bool = False         # --sequential and its design flags (runner/sequential.py)
     max_seeds: str = ""
     batch: str = ""
@@ -106,14 +114,19 @@ VALUE_OPTS = {
 SEQUENTIAL_OPTS = {"--max-seeds": "max_seeds", "--batch": "batch", "--alpha": "alpha", "--spending": "spending",
                    "--sides": "sides", "--metric": "metric", "--question": "question", "--variant": "variant"}
 VALUE_OPTS.update(SEQUENTIAL_OPTS)
+SLURM_OPTS = {"--partition": "partition", "--account": "account", "--time": "slurm_time",
+              "--slurm-arg": "slurm_args", "--slurm-task": "slurm_task"}
+VALUE_OPTS.update(SLURM_OPTS)
 FLAG_OPTS = {"--compile": ("compile", "on"), "--no-compile": ("compile", "off"), "--force": ("force", True),
              "--resume": ("resume", True), "--dry-run": ("dry", True), "--verbose": ("verbose", True),
              "-v": ("verbose", True), "--no-pack": ("pack", False), "--sequential": ("sequential", True)}
+FLAG_OPTS.update({"--slurm": ("slurm", True), "--status": ("slurm_status", True)})
 
 
 def parse_args(argv, env=None):
     a = Args()
     argv = list(argv)
+    a.argv = list(argv)
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -133,7 +146,10 @@ def parse_args(argv, env=None):
                 # `--logs --dry-run` would make a directory named --dry-run and run the stage for real
                 die(f"{arg} needs a value but got the option '{argv[i + 1]}' (for a value that starts with "
                     f"--, write {arg}={argv[i + 1]})")
-            setattr(a, VALUE_OPTS[arg], argv[i + 1])
+            if VALUE_OPTS[arg] == "slurm_args":  # repeatable
+                a.slurm_args.append(argv[i + 1])
+            else:
+                setattr(a, VALUE_OPTS[arg], argv[i + 1])
             i += 2
         elif arg in FLAG_OPTS:
             attr, val = FLAG_OPTS[arg]
@@ -236,6 +252,15 @@ Sequential stages (stop as soon as the answer is known; docs/runner.md):
   <logs>/<stage>/sequential.json before the first run; a later command that changes it is refused.
   Defaults: alpha 0.05 two-sided (acceptance: 0.01 one-sided vs 3.28), O'Brien-Fleming-type spending,
   the stage's primary metric. Seeds: the stage's (or --seeds) in ascending order, then the next integers.
+
+Slurm (a stage's runs as one job array on a cluster; docs/runner.md, "Slurm"):
+  ./run_experiments.sh STAGE --slurm [--partition P] [--account A] [--time HH:MM:SS] [--slurm-arg ARG ...]
+  submits one array task per (variant, seed) run still to do (finished, queued and running runs are
+  left out), each asking for the nodes, GPUs (or CPUs) of its run and running it through this runner
+  (same run directory, summary, lock; --force/--resume as here). Prints the job id and each task's
+  output file (<logs>/<stage>/slurm/). --dry-run prints the batch script and the sbatch command.
+  --slurm-arg ARG goes to sbatch as it is (repeatable; e.g. --slurm-arg=--qos=high).
+  ./run_experiments.sh STAGE --slurm --status   each run: pending, running, done, failed or to do
 
 Preflight:
   ./run_experiments.sh preflight STAGE [--preset P] [--iterations N] [--gpus N] [--usd-per-gpu-hour X]
@@ -356,7 +381,7 @@ def check_common(a, env):
         die(f"--nnodes/NNODES: '{a.nnodes}' is not a positive integer")
     if not (is_int(a.node_rank) and int(a.node_rank) < int(a.nnodes)):
         die(f"--node-rank/NODE_RANK: '{a.node_rank}' must be an integer below --nnodes ({a.nnodes})")
-    if int(a.nnodes) > 1 and not a.rdzv_endpoint:
+    if int(a.nnodes) > 1 and not a.rdzv_endpoint and not a.slurm:  # Slurm's tasks take it from the allocation
         die(f"--nnodes {a.nnodes} needs --rdzv-endpoint HOST:PORT (or env RDZV_ENDPOINT)")
     if a.rdzv_endpoint and ":" not in a.rdzv_endpoint:
         die(f"--rdzv-endpoint: '{a.rdzv_endpoint}' should be HOST:PORT")
@@ -410,7 +435,7 @@ def main(argv=None, env=None):
 
 def run_main(argv, env):
     # every module now, before any run starts: a git pull during a long stage cannot change the runner
-    from . import launch, preflight  # noqa: F401  (they import this module)
+    from . import launch, preflight, slurm  # noqa: F401  (they import this module)
     a = parse_args(argv, env)
     if not a.stage:
         print(usage(env), file=sys.stderr)
@@ -436,6 +461,8 @@ def run_main(argv, env):
             plans.record(a.logs or spec.default_logs or "experiment_logs", spec)
         except OSError as e:
             die(f"--logs: cannot write the plan's record plan.json there ({e.strerror})")
+    if a.slurm or a.slurm_status or a.slurm_task or a.partition or a.account or a.slurm_time or a.slurm_args:
+        return slurm.stage_main(a, spec, rate, env)
     if a.sequential:
         from . import sequential
         return sequential.main(a, spec, rate, env)

@@ -1,17 +1,15 @@
-"""A stage's runs as one Slurm job array: the batch script, the sbatch command, Slurm's answers, and what an
-array task records when Slurm stops it.
-
-Pure functions except where a name says it calls Slurm (`submit`, `queue_rows`, `end_cause`, `task_main`).
-Never imports torch (the runner's rule; see runner/runinfo.py).
+"""A stage's runs as Slurm job arrays: `./run_experiments.sh STAGE --slurm` (submit), `--status`, and the
+array task's own entry (`--slurm-task RUN_DIR`, which the batch script passes); the batch script, the sbatch
+command, Slurm's answers, and what an array task records when Slurm stops it.
 
 The batch script is self-contained: its #SBATCH header asks, per array task, for the nodes, GPUs (or CPUs)
-of one run; a `case` on SLURM_ARRAY_TASK_ID picks the run (array task i <-> runs[i]) and its command, and
-the script ends by exec'ing the task entry (the runner's code path for one run) as
-
-    TASK_ENTRY RUN_DIR -- COMMAND...
-
-A multi-node run's COMMAND starts torchrun on every allocated node through srun, with the rendezvous endpoint
-on the allocation's first host (RDZV_ENDPOINT, set by the script) and a port derived from the job id.
+of one run; a `case` on SLURM_ARRAY_TASK_ID picks the run (array task i <-> runs[i]) and execs its command:
+this runner again, for that one run (`run_experiments.sh STAGE <the submitting options> --variants V
+--seeds S --slurm-task RUN_DIR`), so an array task decides, claims, launches and records its run through
+the same code (runner/launch.py's Stage) as a local run. A multi-node run's command is started on every
+node of the allocation through srun, as the runner's own several-nodes mode (NNODES, NODE_RANK from
+SLURM_NODEID, RDZV_ENDPOINT on the allocation's first host, port derived from the job id): the torchrun
+flags come from runner/plan.py's launch_argv alone.
 
 When Slurm stops a task (scancel, time limit, pre-emption) every process of the task gets SIGTERM and,
 KillWait seconds later, SIGKILL. At SIGTERM time the task is already COMPLETING whatever the cause; scontrol
@@ -19,21 +17,20 @@ tells them apart (reason TimeLimit; PreemptTime set; Restarts grown by a requeue
 `end_cause` reads that and `record_end` writes the run's summary.json accordingly.
 Slurm without slurmdbd has no working sacct: status comes from the run directories plus squeue (which keeps
 finished tasks for MinJobAge seconds), with sacct used only where it answers.
+Never imports torch (the runner's rule).
 """
-import argparse
 import json
 import os
 import re
-import shlex
-import signal
 import socket
 import subprocess
-import sys
+import threading
 from dataclasses import dataclass, field
 
-if __package__ in (None, ""):  # run as a file: make `runner` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from runner.runinfo import SCHEMA, atomic_write_json, load_summary, utc_iso, utc_stamp  # noqa: E402
+from . import launch, runinfo
+from .cli import FLAG_OPTS, VALUE_OPTS, die, note
+from .plan import Node, shell_line
+from .runinfo import SCHEMA, atomic_write_json, load_summary, utc_iso, utc_stamp
 
 RDZV_PORT_BASE = 29500  # + SLURM_JOB_ID % RDZV_PORT_SPREAD: two multi-node tasks sharing a first host differ
 RDZV_PORT_SPREAD = 1000
@@ -56,23 +53,18 @@ class SlurmError(ValueError):
 
 @dataclass(frozen=True)
 class SlurmRun:
-    """One run to hand to Slurm.
-
-    command: for a one-node run, the argv the runner executes for it (launcher included, run from the
-    options' workdir); for a multi-node run, the argv torchrun starts on every node (the trainer script and
-    its flags), with `python` the interpreter and `nproc_per_node` the processes per node."""
+    """One run to hand to Slurm: the argv its array task execs (from the options' workdir; on every node
+    of a multi-node run), and what the task asks for."""
     run_dir: str
     command: tuple
     nodes: int = 1
     gpus_per_node: int = 0  # 0: a CPU run
     cpus: int = 1  # CPUs per node for the run
-    nproc_per_node: int = 1
-    python: str = "python"
     label: str = ""
     env: dict = field(default_factory=dict)
 
     def shape(self):
-        return (self.nodes, self.gpus_per_node, self.cpus, self.nproc_per_node)
+        return (self.nodes, self.gpus_per_node, self.cpus)
 
 
 @dataclass(frozen=True)
@@ -80,7 +72,6 @@ class SlurmOptions:
     job_name: str
     output_dir: str  # where each task's Slurm output file goes
     workdir: str  # the task cd's here before it runs (the trainers' directory)
-    task_entry: tuple  # argv of the runner's one-run entry: TASK_ENTRY RUN_DIR -- COMMAND...
     partition: str = ""
     account: str = ""
     time: str = ""
@@ -101,8 +92,6 @@ def check_options(o):
     for arg in o.extra:
         if not arg.startswith("-") or "\n" in arg:
             raise SlurmError(f"--slurm-arg: '{arg}' is not an sbatch option; write it whole, e.g. --slurm-arg=--qos=high")
-    if not o.task_entry:
-        raise SlurmError("task_entry is empty: the batch script needs the runner's one-run command")
 
 
 def check_runs(runs):
@@ -110,15 +99,15 @@ def check_runs(runs):
         raise SlurmError("no runs to submit")
     shapes = {r.shape() for r in runs}
     if len(shapes) > 1:
-        raise SlurmError("runs of one job array must ask for the same nodes, GPUs, CPUs and processes; got "
-                         + ", ".join(f"{n} node(s) x {g} GPU(s) x {c} CPU(s) x {p} proc(s)" for n, g, c, p in sorted(shapes))
+        raise SlurmError("runs of one job array must ask for the same nodes, GPUs and CPUs; got "
+                         + ", ".join(shape_words(*sh) for sh in sorted(shapes))
                          + " (submit one array per shape: group_by_shape)")
     seen = set()
     for r in runs:
         if not r.command:
             raise SlurmError(f"run {r.run_dir}: empty command")
-        if r.nodes < 1 or r.gpus_per_node < 0 or r.cpus < 1 or r.nproc_per_node < 1:
-            raise SlurmError(f"run {r.run_dir}: nodes, CPUs and processes must be >= 1 and GPUs >= 0")
+        if r.nodes < 1 or r.gpus_per_node < 0 or r.cpus < 1:
+            raise SlurmError(f"run {r.run_dir}: nodes and CPUs must be >= 1 and GPUs >= 0")
         if not os.path.isabs(r.run_dir):
             raise SlurmError(f"run {r.run_dir}: the run directory must be an absolute path (tasks start elsewhere)")
         if r.run_dir in seen:
@@ -137,20 +126,24 @@ def group_by_shape(runs):
     return list(groups.values())
 
 
-def q(argv):
-    return " ".join(shlex.quote(str(a)) for a in argv)
+def shape_words(nodes, gpus, cpus):
+    """(1, 8, 8) -> '1 node x 8 GPUs, 8 CPUs'; (1, 0, 1) -> '1 node x 1 CPU'."""
+    def n(k, word):
+        return f"{k} {word}{'s' if k != 1 else ''}"
+    return f"{n(nodes, 'node')} x " + (f"{n(gpus, 'GPU')}, {n(cpus, 'CPU')}" if gpus else n(cpus, "CPU"))
 
 
-def multinode_command(run):
-    """bash text (a CMD array's contents in the batch script) that starts torchrun once on every node of the
-    allocation through srun. srun's flags are expanded by the batch shell; the bash -c text is expanded on
-    each node, where srun has set SLURM_NODEID (and the batch script exported RDZV_ENDPOINT); the trainer
-    argv reaches torchrun through "$@" untouched."""
-    inner = ('exec "$0" -m torch.distributed.run --nnodes="$SLURM_NNODES" --node_rank="$SLURM_NODEID" '
-             f'--nproc_per_node={run.nproc_per_node} --rdzv_backend=c10d --rdzv_endpoint="$RDZV_ENDPOINT" '
-             '--rdzv_id="slurm-$SLURM_JOB_ID" "$@"')
-    return ('srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
-            + shlex.quote(inner) + " " + q([run.python, *run.command]))
+# what srun starts on each node of a multi-node run: the run's command, told its node count and rank
+NODE_WRAPPER = 'NNODES=$SLURM_NNODES NODE_RANK=$SLURM_NODEID exec "$@"'
+
+
+def multinode_command(argv_expr):
+    """bash text that starts the command (`argv_expr`, e.g. "${CMD[@]}") once on every node of the
+    allocation through srun. srun's flags are expanded by the batch shell; the bash -c text on each node,
+    where srun has set SLURM_NODEID (the batch script exported RDZV_ENDPOINT); the argv reaches the node
+    untouched through "$@". The runner there reads NNODES, NODE_RANK and RDZV_ENDPOINT (--nnodes etc.)."""
+    return ('srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" '
+            f'--kill-on-bad-exit=1 bash -c {shell_line([NODE_WRAPPER])} slurm-node {argv_expr}')
 
 
 def batch_script(runs, o):
@@ -180,14 +173,12 @@ def batch_script(runs, o):
         f"#SBATCH --output={os.path.join(o.output_dir, '%x-%A_%a.out')}",
         "#SBATCH --open-mode=append",  # a requeued task adds to its output, never truncates it
     ]
-    body = ["set -u", f"cd {shlex.quote(o.workdir)} || exit 1", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
+    body = ["set -u", f"cd {shell_line([o.workdir])} || exit 1", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
     for i, r in enumerate(runs):
-        body.append(f"{i})" + (f"  # {r.label}" if r.label else ""))
-        body.append(f"    RUN_DIR={shlex.quote(r.run_dir)}")
+        body.append(f"{i})" + (f"  # {r.label}" if r.label and "\n" not in r.label else ""))
         for k, v in sorted(r.env.items()):
-            body.append(f"    export {k}={shlex.quote(str(v))}")
-        cmd = multinode_command(r) if r.nodes > 1 else q(r.command)
-        body.append(f"    CMD=({cmd})")
+            body.append(f"    export {k}={shell_line([str(v)])}")
+        body.append(f"    CMD=({shell_line(r.command)})")
         body.append("    ;;")
     body += [
         "*)",
@@ -201,8 +192,10 @@ def batch_script(runs, o):
             "# rendezvous on the allocation's first host; the port differs between jobs sharing that host",
             'RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
             f'export RDZV_ENDPOINT="$RDZV_HOST:$(({o.rdzv_port_base} + SLURM_JOB_ID % {RDZV_PORT_SPREAD}))"',
+            "exec " + multinode_command('"${CMD[@]}"'),
         ]
-    body.append(f'exec {q(o.task_entry)} "$RUN_DIR" -- "${{CMD[@]}}"')
+    else:
+        body.append('exec "${CMD[@]}"')
     return "\n".join(head + [""] + body) + "\n"
 
 
@@ -486,93 +479,328 @@ def end_cause(env=None, run=subprocess.run):
     return cause_from_job(parse_scontrol_job(r.stdout), int(start) if start.isdigit() else 0)
 
 
-def record_end(run_dir, cause, job=""):
-    """Make the run's summary.json say that Slurm stopped it (cause: see cause_from_queue); returns the status.
+def kill_wait(run=subprocess.run):
+    """Slurm's KillWait (seconds from a task's SIGTERM to its SIGKILL), from scontrol; 30 (Slurm's default)
+    when it cannot say."""
+    try:
+        r = run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=10)
+        m = re.search(r"^KillWait\s*=\s*(\d+)", r.stdout, re.M) if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        m = None
+    return int(m.group(1)) if m else 30
 
-    A summary the trainer wrote is kept: one that finished (ok, diverged, oom) stays as it is; one that says
-    interrupted/failed because of the SIGTERM becomes 'timeout' for a time limit, the trainer's words kept in
-    trainer_status/trainer_error. Without a summary a new one is written. An unreadable one is moved aside."""
+
+def record_end(run_dir, cause, job="", create=True):
+    """Make the run's summary.json say that Slurm stopped it (cause: see cause_from_job); returns the
+    status (None when there is no summary and create is False).
+
+    A summary that says the run ended (ok, diverged, oom, timeout) stays as it is; one that says
+    interrupted/failed because of the SIGTERM gets the cause's status ('timeout' for a time limit), its own
+    words kept in trainer_status/trainer_error. Without a summary a new one is written when `create` (an
+    unreadable one is moved aside first)."""
     status = STATUS_OF_CAUSE[cause]
     why = WHY[cause] + (f" (job {job})" if job else "")
     path = os.path.join(run_dir, "summary.json")
     s, state = load_summary(run_dir)
+    if s is None and not create:
+        return None
     if state == "corrupt":
         os.replace(path, os.path.join(run_dir, f"summary.corrupt-{utc_stamp()}.json"))
-        s = None
     if s is not None:
         if s["status"] in ("interrupted", "failed") and "slurm" not in s:
             s["trainer_status"], s["trainer_error"] = s["status"], s.get("error")
-            s["status"], s["error"] = status, f"{why}; the trainer said: {s.get('error')}"
-        s["slurm"] = {"cause": cause, "job": job}
-        atomic_write_json(path, s)
+            s["status"], s["error"] = status, f"{why}; the summary said: {s.get('error')}"
+            s["slurm"] = {"cause": cause, "job": job}
+            atomic_write_json(path, s)
         return s["status"]
     os.makedirs(run_dir, exist_ok=True)
     atomic_write_json(path, {
-        "schema": SCHEMA, "status": status, "error": f"{why} before the trainer wrote a summary",
+        "schema": SCHEMA, "status": status, "error": f"{why} before the run's summary was written",
         "steps_completed": 0, "metrics": {}, "config": {},
         "env": {"hostname": socket.gethostname()},
-        "written_by": "runner/slurm.py (the trainer wrote no summary.json)",
+        "written_by": "runner/slurm.py (no summary.json was written before Slurm's SIGKILL was due)",
         "slurm": {"cause": cause, "job": job},
     })
     return status
 
 
-def task_main(argv):
-    """`python -m runner.slurm task RUN_DIR -- COMMAND...`: run COMMAND for RUN_DIR (output appended to
-    RUN_DIR/stdout.log) and, when Slurm stops the task, record why in summary.json. Exit code: the
-    command's, 128+signal when Slurm stopped it."""
-    if "--" not in argv or argv.index("--") != 1 or len(argv) < 3:
-        print("usage: python -m runner.slurm task RUN_DIR -- COMMAND...", file=sys.stderr)
-        return 2
-    run_dir, cmd = argv[0], argv[2:]
-    os.makedirs(run_dir, exist_ok=True)
-    job = task_id()
-    stopped = []
+# ============================================================================ a stage on Slurm
 
-    def on_signal(sig, _frame):
-        if not stopped:
-            stopped.append((sig, end_cause()))
-            # record now: SIGKILL follows KillWait seconds after this; after the command ends, again
-            # (a trainer writes its own 'interrupted' summary on SIGTERM, which record_end then relabels)
-            record_end(run_dir, stopped[0][1], job)
-        try:  # Slurm signals every process of the task; this also reaches a child that started its own group
-            os.killpg(child.pid, sig)
-        except (ProcessLookupError, NameError):
-            pass
+SLURM_DIR = "slurm"  # <logs>/<stage>/slurm/: batch scripts, submission records (job-<id>.json), task output
+# what an array task's command line leaves out of the submitting one: the Slurm options, and the options
+# it gets its own value of (or that do not apply to one run); attributes of runner/cli.py's option tables
+TASK_DROPS_VALUES = {"partition", "account", "slurm_time", "slurm_args", "slurm_task", "seeds_text", "variants_text",
+                     "logs", "python", "scripts_dir", "jobs", "nnodes", "node_rank", "rdzv_endpoint", "device"}
+TASK_DROPS_FLAGS = {"slurm", "slurm_status", "dry", "verbose"}
+# the submitting shell's settings for its own node, not for the compute nodes (sbatch passes the rest on)
+SBATCH_ENV_DROP = ("CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "RDZV_ENDPOINT", "OMP_NUM_THREADS")
+GROUPS = ("done", "running", "pending", "failed", "to do")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    with open(os.path.join(run_dir, "stdout.log"), "ab") as log:
-        log.write(f"=== runner/slurm.py {utc_iso()}: job {job} on {socket.gethostname()}: {q(cmd)}\n".encode())
-        log.flush()
+
+def task_words(argv):
+    """(words before --, words from -- on) of the submitting command line, without TASK_DROPS_*."""
+    out, i = [], 0
+    while i < len(argv):
+        w = argv[i]
+        if w == "--":
+            return out, list(argv[i:])
+        name, eq, _ = w.partition("=") if w.startswith("--") else (w, "", "")
+        if name in VALUE_OPTS:
+            n = 1 if eq else 2
+            if VALUE_OPTS[name] not in TASK_DROPS_VALUES:
+                out += argv[i:i + n]
+            i += n
+            continue
+        if name in FLAG_OPTS and FLAG_OPTS[name][0] in TASK_DROPS_FLAGS:
+            i += 1
+            continue
+        out.append(w)
+        i += 1
+    return out, []
+
+
+def group_of(state):
+    """A run_state word -> one of GROUPS."""
+    if state in ("pending", "running", "to do"):
+        return state
+    return "done" if state in ("ok", "diverged", "oom") else "failed"
+
+
+def stage_main(a, spec, rate, env):
+    """./run_experiments.sh STAGE --slurm | --status | --slurm-task RUN_DIR (cli.run_main hands over here)."""
+    if not (a.slurm or a.slurm_status or a.slurm_task):
+        given = next(f for f, attr in (("--partition", a.partition), ("--account", a.account),
+                                       ("--time", a.slurm_time), ("--slurm-arg", a.slurm_args)) if attr)
+        die(f"{given} is an option of --slurm: ./run_experiments.sh {a.stage} --slurm {given} ...")
+    if a.stage == "demo":
+        die("--slurm: the demo runs here; on a cluster submit its stages: ./run_experiments.sh tiny --slurm, "
+            "then embnorm --slurm")
+    if getattr(a, "sequential", False):  # (runner/sequential.py)
+        die("--sequential decides between batches on this machine; it does not submit to Slurm")
+    if a.slurm_task:
+        return TaskStage(a, spec, rate, env).go()
+    if a.jobs:
+        die("--jobs: under --slurm every run is its own array task with its own CPUs "
+            "(--slurm-arg=--cpus-per-task=N gives each more)")
+    if a.node_rank not in ("", "0"):
+        die("--node-rank: under --slurm each run's array task numbers its nodes itself")
+    a.pack = False  # one run per array task
+    if a.slurm_status:
+        a.dry = True  # --status reads and writes nothing
+        return StatusStage(a, spec, rate, env).go()
+    return SubmitStage(a, spec, rate, env).go()
+
+
+class SlurmStage(launch.Stage):
+    """What submission and --status share: the plan made for the compute nodes, and the runs' states
+    from their directories and Slurm's queue."""
+
+    def plan_node(self):
+        """A GPU stage (or --device cuda) is planned for the GPUs each run's array task gets, whatever this
+        node has; otherwise this node's GPUs decide, as for a local run (--device cuda asks for GPUs)."""
+        a, spec = self.a, self.spec
+        if a.device == "cuda" or (a.device == "auto" and spec.kind == "gpu" and not a.preset):
+            procs = int(a.nproc) if a.nproc else spec.processes
+            need = max([procs] + [c.processes for c in spec.conditions if c.processes])
+            return Node(gpus=[str(i) for i in range(need)])
+        return super().plan_node()
+
+    def print_header(self):
+        runs = self.plan.runs
+        note(f"== {self.a.stage} on Slurm: {len(runs)} run(s); logs: {self.logs}; device: {self.plan.device}")
+
+    def slurm_dir(self):
+        return os.path.join(self.logs, self.plan.runs[0].stage_dir, SLURM_DIR)
+
+    def queue(self, strict=True):
+        """(submission records, queue rows) for this stage's runs. A queue that cannot be read is a
+        one-line exit when `strict` (nothing may be submitted twice), else a note."""
+        recs = load_submissions(self.slurm_dir())
+        dirs = {r.dir for r in self.plan.runs}
+        ids = sorted({rec["job_id"] for rec in recs if dirs & set(rec["runs"])})
         try:
-            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        except OSError as e:
-            log.write(f"=== could not start the command: {e}\n".encode())
-            return 127
-        while True:
+            return recs, queue_rows(ids)
+        except (SlurmError, OSError, subprocess.SubprocessError) as e:
+            why = f"cannot read Slurm's queue for jobs {','.join(map(str, ids))} ({e})"
+            if strict:
+                die(f"{why}; nothing submitted (is SLURM_CONF set, is slurmctld up?)")
+            note(f"note: {why}: queued runs are not left out")
+            return recs, {}
+
+    def states(self, recs, rows):
+        """[(run, state word, 'job_task' or '', detail)] in plan order."""
+        out = []
+        for r in self.plan.runs:
+            t = task_of(recs, r.dir)
+            row = rows.get(t) if t else None
+            status, vloss, _, err = runinfo.describe(r.dir)
+            state = run_state(status, row)
+            detail = (f"val_loss {vloss}" if vloss else err) if state not in ("pending", "running") else \
+                (row or {}).get("reason", "")
+            if r.action == "busy" and state not in ("pending", "running"):
+                state, detail = "running", r.prev
+            out.append((r, state, f"{t[0]}_{t[1]}" if t else "", detail))
+        return out
+
+    def print_states(self, states):
+        head = ("state", "run", "seed", "slurm task", "")
+        lines = [(group_of(st) + ("" if st in ("ok", *GROUPS) else f" ({st})"), r.key, str(r.seed), t, d[:100])
+                 for r, st, t, d in states]
+        width = [max(len(x[k]) for x in [head, *lines]) for k in range(4)]
+        for x in [head, *lines]:
+            note(("  " + "  ".join(x[k].ljust(width[k]) for k in range(4)) + "  " + x[4]).rstrip())
+        counts = {g: sum(group_of(st) == g for _, st, _, _ in states) for g in GROUPS}
+        note(f"   {self.a.stage}: " + ", ".join(f"{n} {g}" for g, n in counts.items()))
+        return counts
+
+
+class StatusStage(SlurmStage):
+    """./run_experiments.sh STAGE --slurm --status: every run's state; writes nothing."""
+
+    def print_dry_run(self):
+        self.print_states(self.states(*self.queue(strict=False)))
+        return 0
+
+
+class SubmitStage(SlurmStage):
+    """./run_experiments.sh STAGE --slurm [--dry-run]: one job array per run shape, of the runs still to do."""
+
+    def to_submit(self, strict):
+        recs, rows = self.queue(strict)
+        self.print_states(self.states(recs, rows))
+        active = active_runs(recs, rows)
+        todo = [r for r in self.todo if r.dir not in active]
+        if not todo:
+            note("nothing to submit: every run is done, queued or running (--status shows them; --force "
+                 "resubmits finished ones)")
+        return todo
+
+    def task_argv(self, r):
+        """This runner again, for run r alone: the submitting options (TASK_DROPS_* left out) with this
+        submission's absolute logs, scripts, interpreter and device."""
+        head, tail = task_words(self.a.argv)
+        root = self.env.get("RUNNER_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        py = self.opts.python
+        if os.sep in py:
+            py = os.path.abspath(py)
+        return [os.path.join(root, "run_experiments.sh"), *head, "--logs", self.logs, "--scripts-dir",
+                self.opts.scripts_dir, "--python", py, "--device", self.plan.device, "--variants", r.variant,
+                "--seeds", str(r.seed), "--slurm-task", r.dir, *tail]
+
+    def arrays(self, todo):
+        """[(plan runs, SlurmRuns, SlurmOptions)], one per shape (nodes, GPUs, CPUs)."""
+        a, opts = self.a, self.opts
+        sruns = [SlurmRun(run_dir=r.dir, command=tuple(self.task_argv(r)), nodes=opts.nnodes,
+                          gpus_per_node=r.nproc if self.plan.device == "cuda" else 0, cpus=r.nproc, label=r.label)
+                 for r in todo]
+        by_dir = {r.dir: r for r in todo}
+        groups = group_by_shape(sruns)
+        name = re.sub(r"[^A-Za-z0-9_.+-]", "_", todo[0].stage_dir)[:60]
+        out = []
+        for k, g in enumerate(groups):
+            o = SlurmOptions(job_name=name if len(groups) == 1 else f"{name}-{k}", output_dir=self.slurm_dir(),
+                             workdir=opts.scripts_dir, partition=a.partition, account=a.account, time=a.slurm_time,
+                             extra=tuple(a.slurm_args))
+            out.append(([by_dir[x.run_dir] for x in g], g, o))
+        return out
+
+    def script_path(self, o):
+        base = os.path.join(o.output_dir, f"{o.job_name}-{utc_stamp()}")
+        path = base + ".sh"
+        while os.path.exists(path):
+            base += "x"
+            path = base + ".sh"
+        return path
+
+    def print_dry_run(self):
+        todo = self.to_submit(strict=False)
+        for runs, sruns, o in self.arrays(todo) if todo else []:
+            path = self.script_path(o)
             try:
-                rc = child.wait()
-                break
-            except InterruptedError:
-                continue
-    if stopped:
-        sig, cause = stopped[0]
-        record_end(run_dir, cause, job)
-        return 128 + sig
-    return rc
+                text = batch_script(sruns, o)
+                argv = sbatch_command(path, o)
+            except SlurmError as e:
+                die(str(e))
+            note(f"-- batch script {path} ({len(runs)} array task(s), each {shape_words(*sruns[0].shape())}):")
+            note(text.rstrip("\n"))
+            note(f"-- sbatch command: {shell_line(argv)}")
+        note("(dry run: nothing was submitted or written)")
+        return 0
+
+    def execute(self):
+        todo = self.to_submit(strict=True)
+        if not todo:
+            return 0
+        self.todo = todo
+        if self.prepare() == 2:
+            return 2
+        env = {k: v for k, v in self.env.items() if not k.startswith("RUNNER_") and k not in SBATCH_ENV_DROP}
+        for runs, sruns, o in self.arrays(todo):
+            try:
+                text = batch_script(sruns, o)
+                os.makedirs(o.output_dir, exist_ok=True)
+                path = self.script_path(o)
+                with open(path, "x") as f:
+                    f.write(text)
+                job = submit(path, o, env=env)
+            except SlurmError as e:
+                die(str(e))
+            except OSError as e:
+                die(f"cannot write the batch script in {o.output_dir}: {e.strerror or e}")
+            write_submission(o.output_dir, submission_record(job, sruns, path, sbatch_command(path, o)))
+            note(f"submitted job {job}: {len(runs)} array task(s), each {shape_words(*sruns[0].shape())}; "
+                 f"batch script {path}")
+            for i, r in enumerate(runs):
+                note(f"  task {i}: {r.label}: {os.path.join(o.output_dir, f'{o.job_name}-{job}_{i}.out')}")
+        note(f"each run writes into its own directory as here (stdout.log, summary.json); "
+             f"./run_experiments.sh {self.a.stage} --slurm --status shows where they are")
+        return 0
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["task"]:
-        return task_main(argv[1:])
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("cmd", choices=["task"], help="task RUN_DIR -- COMMAND...: one array task")
-    p.parse_args(argv)
-    return 2
+class TaskStage(launch.Stage):
+    """Inside an array task (`--slurm-task RUN_DIR`): the stage narrowed to that one run, run as a local
+    run is. Its OMP_NUM_THREADS comes from the task's CPUs; when Slurm stops the task, the run's summary
+    says why (record_end): once the run has ended and its summary is written, or, when the run has not
+    ended 3 s before Slurm's SIGKILL is due (KillWait), then."""
+    cause = None
+    job = ""
+    ended = False
 
+    def select(self, runs):
+        mine = [r for r in runs if r.dir == self.a.slurm_task]
+        if len(mine) != 1:
+            die(f"--slurm-task: '{self.a.slurm_task}' is not a run of {self.a.stage} with these options (the "
+                "batch script that --slurm writes passes it)")
+        cpus = self.env.get("SLURM_CPUS_PER_TASK", "")
+        if cpus.isdigit() and int(cpus) > 0:
+            self.env["OMP_NUM_THREADS"] = str(max(1, int(cpus) // mine[0].nproc))
+        self.job = task_id(self.env)
+        self.lock = threading.Lock()
+        return mine
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def prepare(self):
+        return 0  # the submission prepared the data and wrote experiment.json (and sweep.json)
+
+    def on_signal(self, signum, frame):
+        if self.cause is None and self.opts.node_rank == 0:
+            self.cause = end_cause(self.env)
+            for r in self.todo:  # a summary already there says why now
+                record_end(r.dir, self.cause, self.job, create=False)
+            timer = threading.Timer(max(1, kill_wait() - 3), self.record_before_kill)
+            timer.daemon = True
+            timer.start()
+        super().on_signal(signum, frame)
+
+    def record_before_kill(self):
+        with self.lock:
+            if not self.ended:
+                for r in self.todo:
+                    if os.path.isdir(r.dir):
+                        record_end(r.dir, self.cause, self.job)
+
+    def end(self, job):
+        with self.lock:
+            super().end(job)
+            self.ended = True
+            if self.cause is not None and self.opts.node_rank == 0:
+                record_end(job["run"].dir, self.cause, self.job)

@@ -6,6 +6,7 @@ a task entry that records the argv and environment it receives; the multi-node p
 scontrol that play a two-node allocation. The cluster tests submit through the real sbatch."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from runner.slurm import SlurmError, SlurmOptions, SlurmRun  # noqa: E402
 LOCAL = os.path.join(REPO, "tools", "slurm_local.sh")
 FAKE = os.path.join(REPO, "tests", "fake_trainer.py")
 
-# The entry stand-in: writes {"argv": the argv after the entry, "env": selected variables, "cwd"} to $DUMP/<task>.json
+# A stand-in for a task's command: writes {"argv": its argv, "env": selected variables, "cwd"} to
+# $DUMP/<SLURM_NODEID>-<SLURM_ARRAY_TASK_ID>.json
 DUMP_ENTRY = r"""
 import json, os, sys
-keep = ("RDZV_ENDPOINT", "OMP_NUM_THREADS", "SLURM_NODEID", "SLURM_ARRAY_TASK_ID", "EXTRA")
+keep = ("RDZV_ENDPOINT", "NNODES", "NODE_RANK", "OMP_NUM_THREADS", "SLURM_NODEID", "SLURM_ARRAY_TASK_ID", "EXTRA")
 name = os.environ.get("SLURM_NODEID", "") + "-" + os.environ.get("SLURM_ARRAY_TASK_ID", "")
 with open(os.path.join(os.environ["DUMP"], name + ".json"), "w") as f:
     json.dump({"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keep}, "cwd": os.getcwd()}, f)
@@ -33,20 +35,19 @@ with open(os.path.join(os.environ["DUMP"], name + ".json"), "w") as f:
 
 
 def opts(tmp_path, **kw):
-    base = dict(job_name="stage_a", output_dir=str(tmp_path / "slurm"), workdir=str(tmp_path),
-                task_entry=(sys.executable, str(tmp_path / "entry.py")))
+    base = dict(job_name="stage_a", output_dir=str(tmp_path / "slurm"), workdir=str(tmp_path))
     base.update(kw)
     return SlurmOptions(**base)
 
 
 def cpu_runs(tmp_path, n=3, **kw):
     return [SlurmRun(run_dir=str(tmp_path / "logs" / f"seed_{42 + i}"),
-                     command=("python", "train.py", "--seed", str(42 + i), "--out_dir", str(tmp_path / f"seed_{42 + i}")),
+                     command=(sys.executable, str(tmp_path / "entry.py"), "--seed", str(42 + i)),
                      cpus=2, label=f"stage_a/baseline seed {42 + i}", **kw) for i in range(n)]
 
 
 def run_script(tmp_path, text, task, extra_env=None, path_dirs=()):
-    """Run the batch script text as Slurm would for array task `task`; return what the entry received."""
+    """Run the batch script text as Slurm would for array task `task`; return what the command received."""
     (tmp_path / "entry.py").write_text(DUMP_ENTRY)
     dump = tmp_path / "dump"
     dump.mkdir(exist_ok=True)
@@ -75,23 +76,23 @@ def test_header_asks_for_one_runs_resources_and_the_options(tmp_path):
 
 
 def test_gpu_runs_ask_for_gpus_per_node(tmp_path):
-    runs = [SlurmRun(run_dir=str(tmp_path / "r"), command=("python", "t.py"), gpus_per_node=8, cpus=64, nproc_per_node=8)]
+    runs = [SlurmRun(run_dir=str(tmp_path / "r"), command=("python", "t.py"), gpus_per_node=8, cpus=64)]
     head = [ln for ln in slurm.batch_script(runs, opts(tmp_path)).splitlines() if ln.startswith("#SBATCH")]
     assert "#SBATCH --gpus-per-node=8" in head and "#SBATCH --cpus-per-task=64" in head
     assert not any("--gpus" in ln for ln in slurm.batch_script(cpu_runs(tmp_path, 1), opts(tmp_path)).splitlines())
 
 
-def test_each_array_task_execs_the_entry_with_its_own_run_and_exact_argv(tmp_path):
-    odd = ["it's", "two words", "$HOME", "a\"b", "*", "--flag=x;y", ""]
+def test_each_array_task_execs_its_own_runs_command_with_the_exact_argv(tmp_path):
+    odd = ["it's", "two words", "$HOME", "a\"b", "*", "--flag=x;y", "", "tab\there", "new\nline"]
     runs = cpu_runs(tmp_path, 2)
-    runs.append(SlurmRun(run_dir=str(tmp_path / "logs" / "we ird'dir"), command=("python", "t.py", *odd), cpus=2,
-                         env={"OMP_NUM_THREADS": "2", "EXTRA": "a b $x"}))
+    runs.append(SlurmRun(run_dir=str(tmp_path / "logs" / "we ird'dir"), command=(sys.executable, str(tmp_path / "entry.py"), *odd),
+                         cpus=2, env={"OMP_NUM_THREADS": "2", "EXTRA": "a b $x"}))
     text = slurm.batch_script(runs, opts(tmp_path))
     for i, r in enumerate(runs):
         res, dump = run_script(tmp_path, text, i)
         assert res.returncode == 0, res.stderr
         got = json.loads((dump / f"-{i}.json").read_text())
-        assert got["argv"] == [r.run_dir, "--", *r.command]
+        assert got["argv"] == list(r.command[2:])
         assert got["cwd"] == str(tmp_path)
     assert got["env"]["OMP_NUM_THREADS"] == "2" and got["env"]["EXTRA"] == "a b $x"
 
@@ -103,10 +104,11 @@ def test_a_task_index_outside_the_array_fails_with_one_line(tmp_path):
     assert res.stderr.strip() == "array task 5: this script has tasks 0-1 only"
 
 
-def test_multinode_script_starts_torchrun_on_every_node_with_the_first_host_as_endpoint(tmp_path):
+def test_multinode_script_starts_the_command_on_every_node_with_the_first_host_as_endpoint(tmp_path):
     """Run the script with stand-ins: scontrol expands the allocation into two hosts, srun runs its command once
-    per node as srun does (SLURM_NODEID per node), and the interpreter is a recorder of the argv torchrun
-    would get; the entry runs the command it is given, as the runner's one-run entry does."""
+    per node as srun does (SLURM_NODEID per node). Each node's command (the runner, in a real task) gets the
+    node count, its rank and the endpoint as the runner's several-nodes mode reads them (NNODES, NODE_RANK,
+    RDZV_ENDPOINT) and its argv untouched."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "scontrol").write_text('#!/bin/bash\n[[ "$1 $2 $3" == "show hostnames gpu[07-08]" ]] || exit 9\n'
@@ -114,28 +116,23 @@ def test_multinode_script_starts_torchrun_on_every_node_with_the_first_host_as_e
     (bin_ / "srun").write_text('#!/bin/bash\necho "$@" > "$DUMP/srun-flags"\n'
                                'while [[ $1 == --* ]]; do shift; done\n'
                                'for n in 0 1; do SLURM_NODEID=$n "$@" || exit 1; done\n')
-    rec = bin_ / "python-rec"
-    rec.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                   "open(os.path.join(os.environ['DUMP'], 'node' + os.environ['SLURM_NODEID']), 'w').write("
-                   "json.dumps({'argv': sys.argv[1:], 'ep': os.environ['RDZV_ENDPOINT']}))\n")
-    for f in ("scontrol", "srun", "python-rec"):
+    for f in ("scontrol", "srun"):
         os.chmod(bin_ / f, 0o755)
-    (tmp_path / "runcmd.py").write_text("import subprocess, sys\nsys.exit(subprocess.call(sys.argv[sys.argv.index('--') + 1:]))\n")
-    run = SlurmRun(run_dir=str(tmp_path / "r"), command=("train_gpt.py", "--seed", "7", "--note", "a b"), nodes=2,
-                   gpus_per_node=8, cpus=32, nproc_per_node=8, python=str(rec))
-    o = opts(tmp_path, task_entry=(sys.executable, str(tmp_path / "runcmd.py")), rdzv_port_base=29500)
-    text = slurm.batch_script([run], o)
+    run = SlurmRun(run_dir=str(tmp_path / "r"), command=(sys.executable, str(tmp_path / "entry.py"), "stage_c", "--note", "a b"),
+                   nodes=2, gpus_per_node=8, cpus=32)
+    text = slurm.batch_script([run], opts(tmp_path, rdzv_port_base=29500))
     assert "#SBATCH --nodes=2\n" in text and "#SBATCH --gpus-per-node=8\n" in text
     res, dump = run_script(tmp_path, text, 0, {"SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NNODES": "2",
-                                                 "SLURM_JOB_ID": "5123"}, [bin_])
+                                                 "SLURM_JOB_ID": "5123", "SLURM_CPUS_PER_TASK": "32"}, [bin_])
     assert res.returncode == 0, res.stderr
-    assert (dump / "srun-flags").read_text().split()[:3] == ["--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert (dump / "srun-flags").read_text().split()[:4] == ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32",
+                                                             "--kill-on-bad-exit=1"]
     for n in (0, 1):
-        got = json.loads((dump / f"node{n}").read_text())
-        assert got["ep"] == "gpu07:29623"  # the first host; 29500 + 5123 % 1000
-        assert got["argv"] == ["-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={n}", "--nproc_per_node=8",
-                               "--rdzv_backend=c10d", "--rdzv_endpoint=gpu07:29623", "--rdzv_id=slurm-5123",
-                               "train_gpt.py", "--seed", "7", "--note", "a b"]
+        got = json.loads((dump / f"{n}-0.json").read_text())
+        assert got["argv"] == ["stage_c", "--note", "a b"]
+        # the first host; 29500 + 5123 % 1000
+        assert {k: got["env"][k] for k in ("RDZV_ENDPOINT", "NNODES", "NODE_RANK")} == \
+            {"RDZV_ENDPOINT": "gpu07:29623", "NNODES": "2", "NODE_RANK": str(n)}
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -372,10 +369,35 @@ def test_cluster_up_again_keeps_the_running_daemons(slurm_cluster):
     assert state in ("idle", "mix", "alloc")
 
 
-def submit(env, runs, o, tmp_path):
-    script = tmp_path / f"{o.job_name}.sh"
-    script.write_text(slurm.batch_script(runs, o))
-    return slurm.submit(str(script), o, env=env)
+RUNNER = os.path.join(REPO, "run_experiments.sh")
+TRAINERS = ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py", "train_mini_embnorm.py")
+# the real trainers at a size that trains in well under a second per step on a loaded CPU
+MICRO_TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--sequence_length", "32", "--batch_size", "8",
+              "--device_batch_size", "8", "--val_tokens", "512", "--val_loss_every", "2"]
+
+
+def runner(args, env, cwd, timeout=120):
+    e = {k: v for k, v in env.items() if k not in ("CUDA_VISIBLE_DEVICES", "NNODES", "NODE_RANK", "RDZV_ENDPOINT")}
+    e["PYTHON"] = sys.executable
+    return subprocess.run(["bash", RUNNER, *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=cwd)
+
+
+def submitted(p):
+    """The job id a --slurm submission printed."""
+    assert p.returncode == 0, p.stdout + p.stderr
+    ids = re.findall(r"^submitted job (\d+):", p.stdout, re.M)
+    assert len(ids) == 1, p.stdout
+    return int(ids[0])
+
+
+def fake_scripts(tmp_path):
+    """A scripts directory whose trainers are tests/fake_trainer.py, the Shakespeare data 'prepared'."""
+    d = tmp_path / "scripts"
+    (d / "data" / "shakespeare_char").mkdir(parents=True)
+    (d / "data" / "shakespeare_char" / "meta.json").write_text("{}")
+    for name in TRAINERS:
+        shutil.copy(FAKE, d / name)
+    return d
 
 
 def wait_for(env, job, n, until, limit=150):
@@ -389,23 +411,74 @@ def wait_for(env, job, n, until, limit=150):
         time.sleep(0.3)
 
 
-def cluster_opts(tmp_path, name, **kw):
-    return opts(tmp_path, job_name=name, workdir=REPO, task_entry=(sys.executable, "-m", "runner.slurm", "task"), **kw)
+def wait_file(path, limit=60):
+    deadline = time.time() + limit
+    while not os.path.exists(path):
+        assert time.time() < deadline, f"{path} did not appear within {limit} s"
+        time.sleep(0.2)
 
 
-def fake_run(tmp_path, seed, **env):
-    d = str(tmp_path / "logs" / f"seed_{seed}")
-    return SlurmRun(run_dir=d, command=(sys.executable, FAKE, "--seed", str(seed), "--out_dir", d, "--num_iterations", "5"),
-                    cpus=1, env={"FAKE_STEP_S": "0.01", **env})
+def summary(run_dir):
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return json.load(f)
+
+
+def test_dry_run_prints_the_batch_script_and_sbatch_command_and_writes_nothing(tmp_path):
+    """No Slurm needed: the script is checked by bash (the array task's command is the runner for one run)."""
+    logs = tmp_path / "logs"
+    p = runner(["tiny", "--slurm", "--dry-run", "--seeds", "1,2", "--iterations", "4", "--logs", str(logs),
+                "--partition", "debug", "--account", "lab", "--time", "00:10:00", "--slurm-arg", "--qos=low",
+                "--slurm-arg=--mail-type=NONE", "--", "--val_tokens", "512"], os.environ, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert not logs.exists()  # nothing written
+    text = p.stdout[p.stdout.index("#!/bin/bash"):p.stdout.index("-- sbatch command: ")]
+    head = [ln for ln in text.splitlines() if ln.startswith("#SBATCH ")]
+    assert head[:5] == ["#SBATCH --job-name=tiny", "#SBATCH --array=0-3", "#SBATCH --nodes=1",
+                        "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=1"]
+    assert {"#SBATCH --partition=debug", "#SBATCH --account=lab", "#SBATCH --time=00:10:00"} <= set(head)
+    cmd = re.search(r"^-- sbatch command: (.*)$", p.stdout, re.M).group(1).split()
+    assert cmd[:4] == ["sbatch", "--parsable", "--qos=low", "--mail-type=NONE"] and cmd[4].endswith(".sh")
+    # task 2 is baseline seed 2 (seed by seed across the variants): bash runs the script with a stand-in
+    # run_experiments.sh that records the argv it gets
+    stand_in = tmp_path / "root"
+    stand_in.mkdir()
+    (stand_in / "run_experiments.sh").write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    os.chmod(stand_in / "run_experiments.sh", 0o755)
+    r = subprocess.run(["bash", "-c", text.replace(os.path.join(REPO, "run_experiments.sh"), str(stand_in / "run_experiments.sh"))],
+                       env={**os.environ, "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    argv = json.loads(r.stdout)
+    assert argv[0] == "tiny" and argv[argv.index("--slurm-task") + 1] == str(logs / "tiny" / "baseline" / "seed_2")
+    assert argv[argv.index("--variants") + 1] == "baseline" and argv[argv.index("--seeds") + 1] == "2"
+    assert argv[argv.index("--logs") + 1] == str(logs) and argv[-3:] == ["--", "--val_tokens", "512"]
+    for gone in ("--slurm", "--dry-run", "--partition", "--time", "--slurm-arg", "--account"):
+        assert gone not in argv
+    # one line for a bad option, nothing submitted
+    p = runner(["tiny", "--slurm", "--dry-run", "--time", "2h", "--logs", str(logs)], os.environ, tmp_path)
+    assert p.returncode == 2 and "--time: '2h' is not a Slurm time limit" in p.stderr
+    p = runner(["tiny", "--partition", "gpu", "--logs", str(logs)], os.environ, tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().endswith("--partition is an option of --slurm: "
+                                                           "./run_experiments.sh tiny --slurm --partition ...")
+
+
+def test_dry_run_of_a_multinode_gpu_stage_asks_for_nodes_and_gpus(tmp_path):
+    p = runner(["stage_c", "--slurm", "--dry-run", "--nnodes", "2", "--seeds", "42", "--variants", "baseline",
+                "--logs", str(tmp_path / "logs"), "--partition", "gpu", "--time", "02:00:00"], os.environ, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "#SBATCH --nodes=2\n" in p.stdout and "#SBATCH --gpus-per-node=8\n" in p.stdout
+    assert "#SBATCH --cpus-per-task=8\n" in p.stdout
+    assert "exec srun " in p.stdout and "--nnodes" not in p.stdout.split("CMD=(")[1].split(")")[0]
+    assert "--device cuda" in p.stdout
 
 
 @pytest.fixture(scope="module")
 def time_limit_job(slurm_cluster, tmp_path_factory):
     """A task that hangs under --time=1 (minute), submitted early: Slurm ends it 60-90 s later."""
     tmp = tmp_path_factory.mktemp("timelimit")
-    run = fake_run(tmp, 5, FAKE_HANG_SEEDS="5", FAKE_TERM_SUMMARY="1")
-    o = cluster_opts(tmp, "timelimit", time="1", partition="urgent")  # "urgent": never pre-empted here
-    return submit(slurm_cluster, [run], o, tmp), run
+    env = {**slurm_cluster, "FAKE_HANG_SEEDS": "5", "FAKE_TERM_SUMMARY": "1"}
+    p = runner(["tiny", "--slurm", "--variants", "baseline", "--seeds", "5", "--scripts-dir", str(fake_scripts(tmp)),
+                "--logs", str(tmp / "logs"), "--time", "1", "--partition", "urgent"], env, tmp)  # urgent: never pre-empted
+    return submitted(p), str(tmp / "logs" / "tiny" / "baseline" / "seed_5")
 
 
 def test_slurm_local_is_shellcheck_clean():
@@ -415,75 +488,134 @@ def test_slurm_local_is_shellcheck_clean():
     assert r.returncode == 0, r.stdout
 
 
-def test_cluster_runs_an_array_task_per_run(slurm_cluster, time_limit_job, tmp_path):
-    runs = [fake_run(tmp_path, 42), fake_run(tmp_path, 43)]
-    o = cluster_opts(tmp_path, "tiny")
-    job = submit(slurm_cluster, runs, o, tmp_path)
-    rows = wait_for(slurm_cluster, job, 2, lambda st: all(s in slurm.ENDED for s in st))
-    assert [rows[(job, i)]["state"] for i in range(2)] == ["COMPLETED", "COMPLETED"]
-    for i, r in enumerate(runs):
-        s = json.loads(open(os.path.join(r.run_dir, "summary.json")).read())
-        assert (s["status"], s["seed"], s["steps_completed"]) == ("ok", 42 + i, 5)
-        log = open(os.path.join(r.run_dir, "stdout.log")).read()
-        assert f"job {job}_{i}" in log and "step:5/5 val_loss:" in log
-        assert os.path.exists(os.path.join(o.output_dir, f"tiny-{job}_{i}.out"))
-        assert slurm.run_state(s["status"], rows[(job, i)]) == "ok"
+def test_cluster_runs_the_tiny_stage_and_a_second_submission_skips_it(slurm_cluster, time_limit_job, tmp_path,
+                                                                       make_shards):
+    """The tiny stage (2 seeds x 2 variants, the real trainers, 4 iterations) as one job array; every run
+    directory as a local run leaves it; then nothing left to submit."""
+    train, val = make_shards("synth", n_train=1, train_tokens=20_000, val_tokens=4_000)
+    logs = tmp_path / "logs"
+    args = ["tiny", "--slurm", "--seeds", "1,2", "--iterations", "4", "--logs", str(logs), "--",
+            "--input_bin", train, "--input_val_bin", val, *MICRO_TINY]
+    p = runner(args, {**slurm_cluster, "OMP_NUM_THREADS": "3"}, tmp_path)
+    job = submitted(p)
+    out_dir = logs / "tiny" / "slurm"
+    order = [("baseline", 1), ("palm", 1), ("baseline", 2), ("palm", 2)]  # seed by seed across the variants
+    for i, (v, seed) in enumerate(order):
+        assert f"  task {i}: tiny/{v} seed {seed}: {out_dir}/tiny-{job}_{i}.out" in p.stdout
+    rows = wait_for(slurm_cluster, job, 4, lambda st: all(s in slurm.ENDED for s in st), limit=400)
+    assert [rows[(job, i)]["state"] for i in range(4)] == ["COMPLETED"] * 4
+    for i, (v, seed) in enumerate(order):
+        d = logs / "tiny" / v / f"seed_{seed}"
+        s = summary(d)
+        assert (s["status"], s["seed"], s["steps_completed"]) == ("ok", seed, 4)
+        assert s["script"] == ("train_gpt.py" if v == "baseline" else "train_gpt_palm.py")
+        assert s["config"]["num_iterations"] == 4 and s["config"]["n_embd"] == 32
+        c = s["cost"]
+        assert (c["device"], c["devices"], c["runs_sharing_node"]) == ("cpu", 1, 1)
+        assert c["wall_s"] >= s["metrics"]["wall_time_s"] > 0 and c["device_seconds"] == pytest.approx(c["wall_s"])
+        metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        vals = [m for m in metrics if "val_loss" in m]
+        assert vals[-1]["step"] == 4 and vals[-1]["val_loss"] == pytest.approx(s["metrics"]["val_loss"])
+        assert not (d / ".runner.lock").exists()
+        assert "=== run_experiments.sh" in (d / "stdout.log").read_text()  # the runner's own record of the run
+        assert f"tiny/{v} seed {seed}: ok val_loss" in (out_dir / f"tiny-{job}_{i}.out").read_text()
+        # the task's OMP_NUM_THREADS came from its CPUs (1), whatever the submitting shell had
+        assert s["env"]["cpu_threads"] == 1
+    for v in ("baseline", "palm"):
+        assert json.loads((logs / "tiny" / v / "experiment.json").read_text())["seeds"] == [1, 2]
+    # a second submission: every run is done
+    p = runner(args, slurm_cluster, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "nothing to submit" in p.stdout and "submitted job" not in p.stdout
+    assert "tiny: 4 done, 0 running, 0 pending, 0 failed, 0 to do" in p.stdout
+    assert len(slurm.load_submissions(str(out_dir))) == 1
+    st = runner(["tiny", "--slurm", "--status", "--seeds", "1,2", "--logs", str(logs)], slurm_cluster, tmp_path)
+    assert st.returncode == 0 and "tiny: 4 done, 0 running" in st.stdout, st.stdout + st.stderr
+    assert all(re.search(rf"^  done +tiny/{v} +{seed} +{job}_{i} +val_loss \d", st.stdout, re.M)
+               for i, (v, seed) in enumerate(order))
 
 
-def test_cluster_cancelled_task_is_recorded_interrupted(slurm_cluster, tmp_path):
-    # task 0: the trainer writes its own 'interrupted' on SIGTERM; task 1: it writes nothing
-    runs = [fake_run(tmp_path, 1, FAKE_HANG_SEEDS="1", FAKE_TERM_SUMMARY="1"), fake_run(tmp_path, 2, FAKE_HANG_SEEDS="2")]
-    job = submit(slurm_cluster, runs, cluster_opts(tmp_path, "cancel"), tmp_path)
+def test_cluster_cancelled_tasks_are_recorded_and_a_rerun_reruns_them(slurm_cluster, tmp_path):
+    # seed 1: the trainer writes its own 'interrupted' on SIGTERM; seed 2: it writes nothing
+    scripts, logs = fake_scripts(tmp_path), tmp_path / "logs"
+    args = ["tiny", "--slurm", "--variants", "baseline", "--seeds", "1,2", "--scripts-dir", str(scripts), "--logs", str(logs)]
+    env = {**slurm_cluster, "FAKE_HANG_SEEDS": "1 2"}
+    job = submitted(runner(args, {**env, "FAKE_TERM_SUMMARY": "1"}, tmp_path))
+    dirs = [logs / "tiny" / "baseline" / f"seed_{s}" for s in (1, 2)]
     wait_for(slurm_cluster, job, 2, lambda st: st == ["RUNNING", "RUNNING"])
-    deadline = time.time() + 60  # the trainers have started (their metrics file exists) before the cancel
-    while not all(os.path.exists(os.path.join(r.run_dir, "metrics.jsonl")) for r in runs):
-        assert time.time() < deadline
-        time.sleep(0.2)
+    for d in dirs:  # the trainers have started before the cancel
+        wait_file(d / "metrics.jsonl")
+    # while they run, --status and a resubmission see them running and leave them alone
+    again = runner(args, env, tmp_path)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout and "2 running" in again.stdout, again.stdout
     subprocess.run(["scancel", str(job)], env=slurm_cluster, check=True, timeout=30)
     rows = wait_for(slurm_cluster, job, 2, lambda st: all(s in slurm.ENDED for s in st))
     assert [rows[(job, i)]["state"] for i in range(2)] == ["CANCELLED", "CANCELLED"]
-    s0, s1 = (json.loads(open(os.path.join(r.run_dir, "summary.json")).read()) for r in runs)
-    assert (s0["status"], s0["trainer_status"], s0["slurm"]["cause"]) == ("interrupted", "interrupted", "cancelled")
-    assert (s1["status"], s1["slurm"]["cause"]) == ("interrupted", "cancelled")
-    assert "scancel" in s1["error"] and s1["written_by"].startswith("runner/slurm.py")
-
-
-def test_cluster_preempted_tasks_are_recorded(slurm_cluster, tmp_path):
-    """Partition "urgent" pre-empts "debug" (requeue) and "scavenger" (cancel): one victim of each."""
-    victims = {}
-    for part, seed in (("debug", 11), ("scavenger", 12)):
-        run = fake_run(tmp_path, seed, FAKE_HANG_SEEDS=str(seed), FAKE_TERM_SUMMARY="1")
-        victims[part] = (submit(slurm_cluster, [run], cluster_opts(tmp_path, f"victim-{part}", partition=part), tmp_path), run)
-    for job, run in victims.values():
-        wait_for(slurm_cluster, job, 1, lambda st: st == ["RUNNING"])
-        deadline = time.time() + 60
-        while not os.path.exists(os.path.join(run.run_dir, "metrics.jsonl")):
-            assert time.time() < deadline
-            time.sleep(0.2)
-    # 3 CPUs: all the cluster's 4 but the time-limit job's one, so both victims must make way
-    urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=3", "-o", "/dev/null",
-                             "--wrap", "sleep 1"], env=slurm_cluster, capture_output=True, text=True, timeout=60)
-    assert urgent.returncode == 0, urgent.stderr
-    job, run = victims["scavenger"]
-    rows = wait_for(slurm_cluster, job, 1, lambda st: st[0] in slurm.ENDED)
-    assert rows[(job, 0)]["state"] == "PREEMPTED"
-    s = json.loads(open(os.path.join(run.run_dir, "summary.json")).read())
-    assert (s["status"], s["slurm"]["cause"], s["trainer_status"]) == ("interrupted", "preempted", "interrupted")
-    job, run = victims["debug"]
-    wait_for(slurm_cluster, job, 1, lambda st: st[0] in slurm.QUEUED)  # requeued: it will run again
-    deadline = time.time() + 60
-    while slurm.load_summary(run.run_dir)[0] is None or "slurm" not in slurm.load_summary(run.run_dir)[0]:
-        assert time.time() < deadline
-        time.sleep(0.2)
-    s = json.loads(open(os.path.join(run.run_dir, "summary.json")).read())
-    assert (s["status"], s["slurm"]["cause"]) == ("interrupted", "requeued") and "runs again" in s["error"]
-    subprocess.run(["scancel", str(job)], env=slurm_cluster, check=True, timeout=30)
+    s1, s2 = summary(dirs[0]), summary(dirs[1])
+    assert (s1["status"], s1["trainer_status"], s1["slurm"]) == ("interrupted", "interrupted", {"cause": "cancelled", "job": f"{job}_0"})
+    assert (s2["status"], s2["slurm"]["cause"]) == ("interrupted", "cancelled") and "scancel" in s2["error"]
+    assert all("cost" in s for s in (s1, s2)) and not any((d / ".runner.lock").exists() for d in dirs)
+    st = runner(args[:1] + ["--slurm", "--status"] + args[2:], env, tmp_path)
+    assert "0 done, 0 running, 0 pending, 2 failed, 0 to do" in st.stdout, st.stdout + st.stderr
+    # rerun the stage: both are submitted again and run; the cancelled attempts are kept aside
+    job2 = submitted(runner(args, slurm_cluster, tmp_path))
+    rows = wait_for(slurm_cluster, job2, 2, lambda st: all(s in slurm.ENDED for s in st))
+    assert [rows[(job2, i)]["state"] for i in range(2)] == ["COMPLETED", "COMPLETED"]
+    assert [summary(d)["status"] for d in dirs] == ["ok", "ok"]
+    aside = sorted((logs / ".superseded" / "tiny" / "baseline").iterdir())
+    assert [p.name.split(".")[0] for p in aside] == ["seed_1", "seed_2"]
+    assert [summary(p)["slurm"]["cause"] for p in aside] == ["cancelled", "cancelled"]
 
 
 def test_cluster_time_limit_is_recorded_timeout(slurm_cluster, time_limit_job):
-    job, run = time_limit_job
+    job, d = time_limit_job
     rows = wait_for(slurm_cluster, job, 1, lambda st: st[0] in slurm.ENDED, limit=240)
     assert rows[(job, 0)]["state"] == "TIMEOUT"
-    s = json.loads(open(os.path.join(run.run_dir, "summary.json")).read())
+    s = summary(d)
     assert (s["status"], s["trainer_status"], s["slurm"]["cause"]) == ("timeout", "interrupted", "timeout")
     assert "time limit" in s["error"] and "SIGTERM" in s["error"]
+
+
+def test_cluster_preempted_tasks_are_recorded_and_a_requeued_one_runs_again(slurm_cluster, tmp_path):
+    """Partition "urgent" pre-empts "debug" (requeue) and "scavenger" (cancel): one victim of each."""
+    scripts, logs = fake_scripts(tmp_path), tmp_path / "logs"
+    env = {**slurm_cluster, "FAKE_HANG_SEEDS": "11 12", "FAKE_TERM_SUMMARY": "1"}
+    victims = {}
+    for part, seed in (("debug", 11), ("scavenger", 12)):
+        p = runner(["tiny", "--slurm", "--variants", "baseline", "--seeds", str(seed), "--scripts-dir", str(scripts),
+                    "--logs", str(logs), "--partition", part], env, tmp_path)
+        victims[part] = (submitted(p), logs / "tiny" / "baseline" / f"seed_{seed}")
+    for job, d in victims.values():
+        wait_for(slurm_cluster, job, 1, lambda st: st == ["RUNNING"])
+        wait_file(d / "metrics.jsonl")
+    # all the cluster's 4 CPUs, so both victims must make way (once the time-limit job, in "urgent" too, has ended)
+    urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=4", "-o", "/dev/null",
+                             "--wrap", "sleep 1"], env=slurm_cluster, capture_output=True, text=True, timeout=60)
+    assert urgent.returncode == 0, urgent.stderr
+    job, d = victims["scavenger"]
+    rows = wait_for(slurm_cluster, job, 1, lambda st: st[0] in slurm.ENDED, limit=240)
+    assert rows[(job, 0)]["state"] == "PREEMPTED"
+    s = summary(d)
+    assert (s["status"], s["slurm"]["cause"], s["trainer_status"]) == ("interrupted", "preempted", "interrupted")
+    # the requeued task is recorded, then runs again: its runner moves that attempt aside and starts over
+    job, d = victims["debug"]
+    wait_for(slurm_cluster, job, 1, lambda st: st[0] in slurm.QUEUED)
+    deadline = time.time() + 60
+    while "slurm" not in (slurm.load_summary(str(d))[0] or {}):
+        assert time.time() < deadline, "the requeued task's summary was not relabelled"
+        time.sleep(0.2)
+    s = summary(d)
+    assert (s["status"], s["slurm"]["cause"]) == ("interrupted", "requeued") and "runs again" in s["error"]
+    # Slurm holds a requeued job back for 2 minutes (BeginTime); let it start now
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm_cluster, timeout=30)
+    aside = logs / ".superseded" / "tiny" / "baseline"
+    deadline = time.time() + 120
+    while not (aside.exists() and any(p.name.startswith("seed_11.") for p in aside.iterdir())):
+        assert time.time() < deadline, "the requeued task did not run again"
+        time.sleep(0.5)
+    old = next(p for p in aside.iterdir() if p.name.startswith("seed_11."))
+    assert summary(old)["slurm"]["cause"] == "requeued"
+    wait_file(d / "metrics.jsonl")
+    subprocess.run(["scancel", str(job)], env=slurm_cluster, check=True, timeout=30)
+    wait_for(slurm_cluster, job, 1, lambda st: st[0] in slurm.ENDED)
+    assert summary(d)["slurm"]["cause"] == "cancelled"
