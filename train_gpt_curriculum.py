@@ -19,9 +19,9 @@ train_gpt_curriculum.py` (8 GPUs); the schedule of a stage_a run, nothing traine
 --num_iterations 1000 --batch_size 128 --device_batch_size 16 --dry_run_schedule`. metrics.jsonl's train records
 add seq_len; checkpoints hold the curriculum's state, so --resume continues a plateau run where it was.
 Format: docs/RUN_FORMAT.md; usage notes: docs/depthwarm_curriculum.md.
-Synced with train_gpt.py git blob 6d4d367ceab0d4f9eecfb1610282007de49b876f.
+Synced with train_gpt.py git blob 6ca843054b422efe5dfd0fa5bb3014ec11cf8e5e.
 """
-import argparse, contextlib, dataclasses, glob, json, math, os, platform, resource, shutil, signal, socket
+import argparse, contextlib, dataclasses, filecmp, glob, json, math, os, platform, resource, shutil, signal, socket
 import subprocess, sys, time, traceback, uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -355,25 +355,14 @@ def describe_curriculum(a, world_size):
     # --- end variant ---
 
 def repeated_tokens(shard_lens, chunk, start_pos, n_chunks):
-    """How many input tokens the loader's walk reads more than once in `n_chunks` chunks of `chunk` tokens
-    (a chunk needs one more token as its last target; a shard's short tail is skipped; the first shard is
-    entered at `start_pos` in the first pass only, so wrapping into its skipped head repeats nothing)."""
-    covered, left, first = [[] for _ in shard_lens], n_chunks, True  # per shard, the [lo, hi) ranges read
-    while left > 0:
-        for s, L in enumerate(shard_lens):
-            p = start_pos if first and s == 0 else 0
-            take = min(left, max(0, (L - 1 - p) // chunk))
-            covered[s].append((p, p + take * chunk))
-            left -= take
-            if not left:
-                break
-        first = False
-    unique = 0
-    for ranges in covered:
-        end = 0
-        for lo, hi in sorted(ranges):
-            unique, end = unique + max(0, hi - max(lo, end)), max(end, hi)
-    return n_chunks * chunk - unique
+    """How many input tokens the loader reads more than once in `n_chunks` chunks of `chunk` tokens. A shard
+    holds (length - 1 - start) // chunk chunks (a chunk needs one more token as its last target); the first pass
+    enters the first shard at `start_pos`, later ones at 0. So after the first pass only the first shard's
+    skipped head [0, start_pos) and a tail beyond the first pass's end are new, and a third pass reads nothing new."""
+    first = [max(0, (shard_lens[0] - 1 - start_pos) // chunk)] + [(L - 1) // chunk for L in shard_lens[1:]]
+    again = min(max(0, n_chunks - sum(first)), (shard_lens[0] - 1) // chunk) * chunk  # read by pass 2 in shard 0
+    new = min(again, start_pos) + max(0, again - start_pos - first[0] * chunk)
+    return max(0, n_chunks - sum(first)) * chunk - new
 
 # -----------------------------------------------------------------------------
 # Hyperparameters and the checks made before anything starts
@@ -440,11 +429,12 @@ RESUME_MAY_CHANGE = {"device", "compile", "check_every", "dist_timeout", "save_e
                      "out_dir"}
 
 def build_parser():
+    """One flag per field; a flag not typed is left out of the parse (its default is in its help)."""
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS,
         epilog="presets: " + "; ".join(f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items()) for k, d in PRESETS.items()))
     for f in dataclasses.fields(Hyperparameters):
-        kw = dict(f.metadata, default=f.default)
+        kw = dict(f.metadata, help=f"{f.metadata['help']} (default: {f.default})")
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -453,15 +443,10 @@ def build_parser():
     return p
 
 def parse_args(argv):
-    """Returns (Hyperparameters, set of flag names given on the command line)."""
-    values = vars(build_parser().parse_args(argv))
-    probe = build_parser()  # the same flags with no defaults: what remains was typed by the user
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    given = set(vars(probe.parse_args(argv)))
-    for k, v in PRESETS.get(values["preset"], {}).items():
-        if k not in given:
-            values[k] = v
+    """Returns (Hyperparameters, set of flag names given on the command line); a preset yields to typed flags."""
+    typed = vars(build_parser().parse_args(argv))
+    given, values = set(typed), dataclasses.asdict(Hyperparameters())
+    values.update({**PRESETS.get(typed.get("preset", ""), {}), **typed})
     for k in ("input_bin", "input_val_bin"):  # typed paths are relative to the working directory
         if k in given:
             values[k] = os.path.abspath(values[k])
@@ -743,9 +728,8 @@ def setup(a, given, world_size, rank, resume_ckpt, run, data):
     # --- end variant ---
     if resume_ckpt is not None:
         restore(t, resume_ckpt)
-    print0(f"model parameters: {t.num_params:,} ({t.num_params / 1e6:.2f}M)")
-    print0(f"run directory: {run.path}")
-    print0(f"device: {device.type} x {world_size} process(es), autocast {str(t.amp_dtype).removeprefix('torch.')}, "
+    print0(f"model parameters: {t.num_params:,} ({t.num_params / 1e6:.2f}M)\nrun directory: {run.path}\n"
+           f"device: {device.type} x {world_size} process(es), autocast {str(t.amp_dtype).removeprefix('torch.')}, "
            f"compile {'on' if t.use_compile else 'off'}, grad accumulation {t.grad_accum}, "
            f"{t.tokens_per_step:,} tokens/step")
     if run.master:
@@ -841,14 +825,11 @@ def write_file(path, write, replace=True):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-            return True
         try:
-            os.link(tmp, path)  # atomic, and fails when the file exists
+            (os.replace if replace else os.link)(tmp, path)  # a hard link is atomic and fails when `path` exists
         except FileExistsError:
             return False
-        except OSError:  # a file system without hard links
+        except OSError:  # a file system without hard links (a failed os.replace fails again here: reported)
             os.replace(tmp, path)
         return True
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
@@ -877,11 +858,9 @@ def check_resume(a, given):
     if not ckpts:
         raise ConfigError(f"--resume {a.resume}: no checkpoints in {run_dir}/checkpoints "
                           f"(the run needs --save_every, or was interrupted before its first step)")
-    finished = False  # no summary, or a damaged one, does not make a finished run
     with contextlib.suppress(OSError, ValueError, AttributeError), open(os.path.join(run_dir, "summary.json")) as f:
-        finished = json.load(f).get("status") == "ok"
-    if finished:
-        raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
+        if json.load(f).get("status") == "ok":  # no summary, or a damaged one, is not a finished run
+            raise ConfigError(f"--resume {a.resume}: that run already finished (summary.json status ok)")
     if "out_dir" in given and os.path.abspath(a.out_dir) != run_dir:
         raise ConfigError(f"--out_dir {a.out_dir}: a resumed run continues in its own directory {run_dir}")
     try:  # weights_only: a file holding anything but tensors and plain values (code to run) is refused
@@ -889,9 +868,8 @@ def check_resume(a, given):
         if not isinstance(ckpt, dict) or not {"config", "model", "optimizers", "loader", "rng"} <= ckpt.keys():
             raise ValueError("not a checkpoint of this trainer")
     except Exception as e:
-        why = first_line(e, 200)
-        if "Unsupported global" in str(e) or "Unsupported operand" in str(e):
-            why = "it holds objects other than tensors and plain values; refused, nothing in it was run"
+        why = ("it holds objects other than tensors and plain values; refused, nothing in it was run"
+               if "Unsupported global" in str(e) or "Unsupported operand" in str(e) else first_line(e, 200))
         raise ConfigError(f"--resume: cannot read checkpoint {ckpts[-1]} ({type(e).__name__}: {why}); delete it "
                           f"to fall back to an older one")
     saved = ckpt["config"]
@@ -951,10 +929,8 @@ class RunDir:
                 self.identity = self.stat()
             return self.t
         dst = os.path.join(self.path, self.script_name)
-        if os.path.exists(dst):
-            with open(dst, "rb") as f1, open(SCRIPT_PATH, "rb") as f2:
-                if f1.read() != f2.read():
-                    dst = os.path.join(self.path, f"{os.path.splitext(self.script_name)[0]}.resume_{step}.py")
+        if os.path.exists(dst) and not filecmp.cmp(dst, SCRIPT_PATH, shallow=False):  # a changed script: beside it
+            dst = os.path.join(self.path, f"{os.path.splitext(self.script_name)[0]}.resume_{step}.py")
         if not os.path.exists(dst):
             shutil.copyfile(SCRIPT_PATH, dst)
         mpath, summ = os.path.join(self.path, "metrics.jsonl"), os.path.join(self.path, "summary.json")
