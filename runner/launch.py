@@ -103,17 +103,26 @@ def alive(pid, group=False):
         return True
     if not os.path.isdir("/proc/self"):
         return True
-    for name in os.listdir("/proc") if group else [str(pid)]:
+    return any(state != b"Z" and (not group or pgid == pid)
+               for _, state, _, pgid in proc_stats(None if group else [pid]))
+
+
+def proc_stats(pids=None):
+    """(pid, state, parent pid, process group) of every process in /proc (or of `pids`); Linux only,
+    processes that end while being read are left out."""
+    try:
+        names = [str(p) for p in pids] if pids is not None else os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+            yield int(name), fields[0], int(fields[1]), int(fields[2])
+        except (OSError, IndexError, ValueError):
             continue
-        if fields[0] != b"Z" and (not group or int(fields[2]) == pid):
-            return True
-    return False
 
 
 def lock_state(run_dir, lock=None):
@@ -245,20 +254,9 @@ def die_with_parent():
 def descendants(pid):
     """Every process below `pid` (Linux /proc), as {pid: pgid}."""
     children, groups = {}, {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return {}
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(name))
-        groups[int(name)] = int(fields[2])
+    for p, _, parent, pgid in proc_stats():
+        children.setdefault(parent, []).append(p)
+        groups[p] = pgid
     out, todo = {}, [pid]
     while todo:
         for c in children.get(todo.pop(), []):
