@@ -278,6 +278,9 @@ def test_interrupted_download_resumes_on_the_next_run(hub, tmp_path):
     d = tmp_path / "fw"
     hub.stall_once[BIG] = CHUNK + 300_000
     env = script_env(hub.endpoint, tmp_path / "hf_home")
+    # the stall lasts until Ctrl-C: the client's own read timeout (10 s by default) must not end it first
+    # on a busy machine, or the client resumes by itself and the download completes
+    env["HF_HUB_DOWNLOAD_TIMEOUT"] = "600"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "3", "--dir", str(d)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
