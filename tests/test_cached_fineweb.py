@@ -281,8 +281,10 @@ def test_interrupted_download_resumes_on_the_next_run(hub, tmp_path):
     # the stall lasts until Ctrl-C: the client's own read timeout (10 s by default) must not end it first
     # on a busy machine, or the client resumes by itself and the download completes
     env["HF_HUB_DOWNLOAD_TIMEOUT"] = "600"
+    # a shell's background job inherits SIGINT ignored, and so would the script: give it the default
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "3", "--dir", str(d)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert hub.stalled.wait(30), "the download never reached the stalled shard"
         deadline = time.monotonic() + 20
