@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -90,3 +91,17 @@ def read_jsonl(path):
 def load_summary(d):
     with open(os.path.join(d, "summary.json")) as f:
         return json.load(f)
+
+
+FAKE_TRAINER = os.path.join(REPO, "tests", "fake_trainer.py")
+FAKE_TRAINER_NAMES = ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py", "train_mini_embnorm.py")
+
+
+def fake_scripts_dir(tmp_path):
+    """A scripts directory whose trainers are tests/fake_trainer.py, with the Shakespeare data 'prepared'."""
+    d = tmp_path / "scripts"
+    (d / "data" / "shakespeare_char").mkdir(parents=True)
+    (d / "data" / "shakespeare_char" / "meta.json").write_text("{}")
+    for name in FAKE_TRAINER_NAMES:
+        shutil.copy(FAKE_TRAINER, d / name)
+    return d

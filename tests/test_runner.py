@@ -17,21 +17,17 @@ import time
 
 import pytest
 
+from conftest import fake_scripts_dir
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(REPO, "run_experiments.sh")
 FAKE = os.path.join(REPO, "tests", "fake_trainer.py")
-TRAINERS = ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py", "train_mini_embnorm.py")
 
 
 @pytest.fixture
 def fake_repo(tmp_path):
     """A scripts directory whose trainers are the fake, with the Shakespeare data 'prepared'."""
-    d = tmp_path / "scripts"
-    (d / "data" / "shakespeare_char").mkdir(parents=True)
-    (d / "data" / "shakespeare_char" / "meta.json").write_text("{}")
-    for name in TRAINERS:
-        shutil.copy(FAKE, d / name)
-    return d
+    return fake_scripts_dir(tmp_path)
 
 
 def run(args, tmp_path, env=None, timeout=120, check_rc=None):

@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from runner import slurm  # noqa: E402
 from runner.slurm import SlurmError, SlurmOptions, SlurmRun  # noqa: E402
+from conftest import fake_scripts_dir  # noqa: E402
 
 LOCAL = os.path.join(REPO, "tools", "slurm_local.sh")
 FAKE = os.path.join(REPO, "tests", "fake_trainer.py")
@@ -370,7 +371,6 @@ def test_cluster_up_again_keeps_the_running_daemons(slurm_cluster):
 
 
 RUNNER = os.path.join(REPO, "run_experiments.sh")
-TRAINERS = ("train_gpt.py", "train_gpt_palm.py", "train_gpt_lmd.py", "train_mini_embnorm.py")
 # the real trainers at a size that trains in well under a second per step on a loaded CPU
 MICRO_TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--sequence_length", "32", "--batch_size", "8",
               "--device_batch_size", "8", "--val_tokens", "512", "--val_loss_every", "2"]
@@ -390,14 +390,7 @@ def submitted(p):
     return int(ids[0])
 
 
-def fake_scripts(tmp_path):
-    """A scripts directory whose trainers are tests/fake_trainer.py, the Shakespeare data 'prepared'."""
-    d = tmp_path / "scripts"
-    (d / "data" / "shakespeare_char").mkdir(parents=True)
-    (d / "data" / "shakespeare_char" / "meta.json").write_text("{}")
-    for name in TRAINERS:
-        shutil.copy(FAKE, d / name)
-    return d
+fake_scripts = fake_scripts_dir
 
 
 def wait_for(env, job, n, until, limit=150):
