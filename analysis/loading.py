@@ -378,6 +378,16 @@ def _read_all(tasks, workers):
     return [_read_task(t) for t in tasks]
 
 
+
+def _first_sight(path, what, seen, notes):
+    """False (with a note) when `path` is a symlink to a run already counted; runs are counted by real path."""
+    rp = os.path.realpath(path)
+    if rp in seen:
+        notes.append(f"{path}: the same {what} as {seen[rp]} (a symlink); counted once")
+        return False
+    seen[rp] = path
+    return True
+
 def load(root, workers=None):
     """Every condition under root, sorted by (stage, name). Returns (conditions, notes)."""
     conditions, notes, tasks = [], [], []
@@ -408,12 +418,8 @@ def load(root, workers=None):
                 cond.notes.append(f"{dirpath}: no experiment.json (runner record missing)")
             for d in sorted(seed_dirs, key=lambda s: int(_SEED_DIR.match(s).group(1))):
                 run_path = os.path.join(dirpath, d)
-                rp = os.path.realpath(run_path)
-                if rp in seen_runs:
-                    cond.notes.append(f"{run_path}: the same run directory as {seen_runs[rp]} (a symlink); counted once")
-                    continue
-                seen_runs[rp] = run_path
-                tasks.append((cond, ("rundir", run_path, stage, name)))
+                if _first_sight(run_path, "run directory", seen_runs, cond.notes):
+                    tasks.append((cond, ("rundir", run_path, stage, name)))
             if not seed_dirs:
                 cond.notes.append(f"{dirpath}: experiment.json but no seed_<S> run directories yet")
             conditions.append(cond)
@@ -426,12 +432,8 @@ def load(root, workers=None):
             cond = Condition(stage or name, name, dirpath, "log")
             for f in logs:
                 log_path = os.path.join(dirpath, f)
-                rp = os.path.realpath(log_path)
-                if rp in seen_runs:
-                    cond.notes.append(f"{log_path}: the same log file as {seen_runs[rp]} (a symlink); counted once")
-                    continue
-                seen_runs[rp] = log_path
-                tasks.append((cond, ("log", log_path, cond.stage, name)))
+                if _first_sight(log_path, "log file", seen_runs, cond.notes):
+                    tasks.append((cond, ("log", log_path, cond.stage, name)))
             conditions.append(cond)
     for (cond, _), run in zip(tasks, _read_all([t for _, t in tasks], workers)):
         cond.runs.append(run)
