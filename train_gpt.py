@@ -7,7 +7,8 @@ record (optimizer, model, data, run), then the run directory (docs/RUN_FORMAT.md
     torchrun --standalone --nproc_per_node=8 train_gpt.py      # the record's run
 
 CUDA-only choices (the CPU runs the same code without them), each as the record makes it:
-- bf16 autocast around the forward pass (`--dtype auto`); fused AdamW; pinned memory, non-blocking copies; NCCL;
+- bf16 autocast around the forward pass and bf16 Newton-Schulz (`--dtype auto`; fp32 on the CPU, where bf16
+  matmuls are slow); fused AdamW; pinned memory, non-blocking copies; NCCL;
 - torch.compile of the model and of Newton-Schulz, after setting inductor's coordinate_descent_tuning
   (`--compile auto`; `--compile off` turns off both);
 - one host synchronisation per step (rank 0 reads the loss it prints); ranks agree on stop requests and
@@ -32,12 +33,13 @@ SCRIPT_DIR = os.path.dirname(SCRIPT_PATH)
 # -----------------------------------------------------------------------------
 # Muon: momentum, then the update orthogonalised by a Newton-Schulz iteration
 
-def newton_schulz5(G, steps=5, eps=1e-7):
+def newton_schulz5(G, steps=5, eps=1e-7, dtype=torch.bfloat16):
     """Approximately orthogonalise G (singular values -> ~1) by the quintic X <- aX + b(XX^T)X + c(XX^T)^2 X,
-    whose coefficients trade exact convergence for speed. Runs in bfloat16 on every device."""
+    whose coefficients trade exact convergence for speed. Runs in `dtype`: bfloat16 as the record on CUDA,
+    float32 on the CPU, where bfloat16 matmuls of these shapes are many times slower (bench/bench_muon_cpu.py)."""
     assert G.ndim == 2
     a, b, c = (3.4445, -4.7750, 2.0315)
-    X = G.bfloat16()
+    X = G.to(dtype)
     X = X / (X.norm() + eps)  # singular values <= 1, where the iteration is stable
     if G.size(0) > G.size(1):  # rows <= columns keeps X X^T the small Gram matrix
         X = X.T
@@ -53,9 +55,10 @@ class Muon(torch.optim.Optimizer):
     is complete), but orthogonalises only every world_size-th matrix of a shape; the results are
     all-gathered. Groups may carry their own `momentum`; `orthogonalise` replaces newton_schulz5."""
 
-    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, rank=0, world_size=1, orthogonalise=None):
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, rank=0, world_size=1, orthogonalise=None,
+                 ns_dtype=torch.bfloat16):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov))
-        self.rank, self.world_size, self.orthogonalise = rank, world_size, orthogonalise
+        self.rank, self.world_size, self.orthogonalise, self.ns_dtype = rank, world_size, orthogonalise, ns_dtype
 
     @torch.no_grad()
     def step(self):
@@ -75,9 +78,9 @@ class Muon(torch.optim.Optimizer):
         for shape, items in by_shape.items():
             for base in range(0, len(items), self.world_size):
                 if base + self.rank < len(items):
-                    update = ns(items[base + self.rank][1])
+                    update = ns(items[base + self.rank][1], dtype=self.ns_dtype)
                 else:  # this rank has no matrix left in the round; it still joins the all_gather
-                    update = torch.zeros(shape, dtype=torch.bfloat16, device=items[0][0].device)
+                    update = torch.zeros(shape, dtype=self.ns_dtype, device=items[0][0].device)
                 gathered = [update]
                 if self.world_size > 1:
                     gathered = [torch.empty_like(update) for _ in range(self.world_size)]
@@ -265,7 +268,8 @@ class Hyperparameters:  # default paths are relative to this script's directory,
     val_tokens: int = flag(10485760, "validation tokens, a fixed prefix of the val shards")
     seed: int = flag(0, "initialisation and data order (shard order, start offset)")
     device: str = flag("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
-    dtype: str = flag("auto", "autocast: auto = bf16 on cuda, fp32 on cpu", choices=["auto", "bfloat16", "float32"])
+    dtype: str = flag("auto", "autocast and Newton-Schulz: auto = bf16 on cuda, fp32 on cpu",
+                      choices=["auto", "bfloat16", "float32"])
     compile: str = flag("auto", "torch.compile: auto = on for cuda; bare --compile: on", choices=["auto", "on", "off"],
                         const="on")
     check_every: int = flag(10, "several processes: they agree on stop requests and non-finite losses every N steps")
@@ -420,9 +424,9 @@ def lr_scale(step, a):
         return 1.0
     return (a.num_iterations - step) / a.warmdown_iters
 
-def build(a, device, rank, world_size, use_compile):
+def build(a, device, rank, world_size, use_compile, amp_dtype):
     """The model (initialised on the CPU: a seed is the same model on every device), its compiled/DDP
-    wrapper and the two optimisers, set as the record's."""
+    wrapper and the two optimisers, set as the record's (Newton-Schulz in the autocast dtype)."""
     torch.manual_seed(a.seed)
     raw_model = GPT(a.vocab_size, a.n_layer, a.n_head, a.n_embd).to(device)
     cuda, ns = device.type == "cuda", None
@@ -436,7 +440,7 @@ def build(a, device, rank, world_size, use_compile):
     adam = torch.optim.AdamW([raw_model.lm_head.weight], lr=a.learning_rate, betas=(0.9, 0.95), weight_decay=0.0,
                              fused=cuda)
     muon = Muon(muon_groups(raw_model, a), lr=a.muon_lr_ratio * a.learning_rate, rank=rank, world_size=world_size,
-                orthogonalise=ns)
+                orthogonalise=ns, ns_dtype=amp_dtype)
     for g in adam.param_groups + muon.param_groups:
         g["base_lr"] = g["lr"]
     return raw_model, model, [adam, muon]
@@ -545,7 +549,7 @@ def setup(a, given, world_size, rank, resume_ckpt, run, data):
     t.amp_dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
                    "float32": torch.float32}[a.dtype]
     t.ctx = torch.autocast(device_type=device.type, dtype=t.amp_dtype, enabled=t.amp_dtype != torch.float32)
-    t.raw_model, t.model, t.optimizers = build(a, device, rank, world_size, t.use_compile)
+    t.raw_model, t.model, t.optimizers = build(a, device, rank, world_size, t.use_compile, t.amp_dtype)
     t.num_params = sum(p.numel() for p in t.raw_model.parameters())
     train_shards, start_pos, val_shards = data
     B, T = a.device_batch_size, a.sequence_length
