@@ -4,7 +4,10 @@ GPT-2-small (12 layers, 6 heads of 128, width 768, tied embedding, rotary + QK-n
 matrices, AdamW on the embedding/head, FineWeb-10B token shards; the defaults are the record's. Sections as in the
 record (optimizer, model, data, run), then the run directory (docs/RUN_FORMAT.md); docs/train_gpt.md has every flag.
     python train_gpt.py --preset tiny                          # a small model on a CPU
-    torchrun --standalone --nproc_per_node=8 train_gpt.py      # the record's run
+    python train_gpt.py                                        # one GPU: 8 micro-steps of 64 sequences a step
+    torchrun --standalone --nproc_per_node=8 train_gpt.py      # the record's run, 8 GPUs
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 --rdzv-id=run1 \
+        train_gpt.py --out_dir /shared/run1                    # several nodes: the same command on each node
 
 CUDA-only choices (the CPU runs the same code without them), each as the record makes it:
 - bf16 autocast around the forward pass and bf16 Newton-Schulz (`--dtype auto`; fp32 on the CPU, where bf16

@@ -1,8 +1,9 @@
 """A sequence-length curriculum on the baseline NanoGPT speedrun trainer: short sequences first, full length later.
 
 Everything is train_gpt.py's (the 2024-10-14 "ModernArch" record recipe) except, inside the marked
-`# --- variant: curriculum ---` regions, the length of the training sequences. It doubles from --curriculum_start_len (default a quarter of --sequence_length:
-256 -> 512 -> 1024 for the record, 32 -> 64 -> 128 for --preset tiny) up to --sequence_length:
+`# --- variant: curriculum ---` regions, the length of the training sequences. It doubles from
+--curriculum_start_len (default a quarter of --sequence_length: 256 -> 512 -> 1024 for the record, 32 -> 64 -> 128
+for --preset tiny) up to --sequence_length:
 - `--curriculum fixed` (default): the shorter lengths share the first --curriculum_frac of training equally
   (0.5: 256 for the first quarter, 512 for the second, 1024 for the second half);
 - `--curriculum plateau`: grow when the smoothed train loss (averaged over ranks, EMA --plateau_ema) has not
@@ -15,11 +16,12 @@ targets shifted by one, so no token is dropped or repeated and the data stream e
 Validation always runs at full length. `--dry_run_schedule` prints the schedule and exits (no data needed).
 
 Run: `python train_gpt_curriculum.py --preset tiny` (CPU), `torchrun --standalone --nproc_per_node=8
-train_gpt_curriculum.py` (8 GPUs); the schedule of a stage_a run, nothing trained: `python train_gpt_curriculum.py
---num_iterations 1000 --batch_size 128 --device_batch_size 16 --dry_run_schedule`. metrics.jsonl's train records
-add seq_len; checkpoints hold the curriculum's state, so --resume continues a plateau run where it was.
+train_gpt_curriculum.py` (8 GPUs; one GPU and several nodes as in train_gpt.py's docstring); the schedule of a
+stage_a run, nothing trained: `python train_gpt_curriculum.py --num_iterations 1000 --batch_size 128
+--device_batch_size 16 --dry_run_schedule`. metrics.jsonl's train records add seq_len; checkpoints hold the
+curriculum's state, so --resume continues a plateau run where it was.
 Format: docs/RUN_FORMAT.md; usage notes: docs/depthwarm_curriculum.md.
-Synced with train_gpt.py git blob 5ee3ed9292c58977757dbca725711cbfffea9379.
+Synced with train_gpt.py git blob 72fbf938935599360c40d1119fff8122110608ca.
 """
 import argparse, contextlib, dataclasses, filecmp, glob, json, math, os, platform, resource, shutil, signal, socket
 import subprocess, sys, time, traceback, uuid

@@ -17,10 +17,11 @@ What the seed's version got wrong, and how this one avoids it:
 Evaluation always runs every block. With --depthwarm_prob1 0 --depthwarm_prob2 0 it trains as train_gpt.py.
 
 Run: `python train_gpt_depthwarm.py --preset tiny` (CPU; 4 blocks: 2 then 3 then 4 always on), `torchrun
---standalone --nproc_per_node=8 train_gpt_depthwarm.py` (8 GPUs); --depthwarm_trace writes each rank's skip
-masks to the run directory. metrics.jsonl's train records add active_blocks, depthwarm_depth, depthwarm_prob.
+--standalone --nproc_per_node=8 train_gpt_depthwarm.py` (8 GPUs; one GPU and several nodes as in train_gpt.py's
+docstring); --depthwarm_trace writes each rank's skip masks to the run directory. metrics.jsonl's train records
+add active_blocks, depthwarm_depth, depthwarm_prob.
 Format: docs/RUN_FORMAT.md; usage notes: docs/depthwarm_curriculum.md.
-Synced with train_gpt.py git blob 5ee3ed9292c58977757dbca725711cbfffea9379.
+Synced with train_gpt.py git blob 72fbf938935599360c40d1119fff8122110608ca.
 """
 import argparse, contextlib, dataclasses, filecmp, glob, json, math, os, platform, resource, shutil, signal, socket
 import subprocess, sys, time, traceback, uuid

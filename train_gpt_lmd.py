@@ -13,8 +13,9 @@ This file is a copy of train_gpt.py changed only inside `# --- variant: lmd ---`
 tests/test_variants.py checks that, and docs/variants.md says how to re-sync after train_gpt.py changes.
 
 Run: `python train_gpt_lmd.py --preset tiny --lmd moderate` (CPU), `torchrun --standalone
---nproc_per_node=8 train_gpt_lmd.py --lmd moderate` (8 GPUs). Format: docs/RUN_FORMAT.md.
-Synced with train_gpt.py git blob 5ee3ed9292c58977757dbca725711cbfffea9379.
+--nproc_per_node=8 train_gpt_lmd.py --lmd moderate` (8 GPUs); one GPU and several nodes as train_gpt.py's docstring
+shows. Format: docs/RUN_FORMAT.md.
+Synced with train_gpt.py git blob 72fbf938935599360c40d1119fff8122110608ca.
 """
 import argparse, contextlib, dataclasses, filecmp, glob, json, math, os, platform, resource, shutil, signal, socket
 import subprocess, sys, time, traceback, uuid

@@ -9,8 +9,9 @@ This file is a copy of train_gpt.py changed only inside `# --- variant: palm ---
 tests/test_variants.py checks that, and docs/variants.md says how to re-sync after train_gpt.py changes.
 
 Run: `python train_gpt_palm.py --preset tiny` (CPU), `torchrun --standalone --nproc_per_node=8
-train_gpt_palm.py` (8 GPUs). summary.json's variant is "palm". Format: docs/RUN_FORMAT.md.
-Synced with train_gpt.py git blob 5ee3ed9292c58977757dbca725711cbfffea9379.
+train_gpt_palm.py` (8 GPUs); one GPU and several nodes as train_gpt.py's docstring shows.
+summary.json's variant is "palm". Format: docs/RUN_FORMAT.md.
+Synced with train_gpt.py git blob 72fbf938935599360c40d1119fff8122110608ca.
 """
 import argparse, contextlib, dataclasses, filecmp, glob, json, math, os, platform, resource, shutil, signal, socket
 import subprocess, sys, time, traceback, uuid

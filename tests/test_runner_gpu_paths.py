@@ -59,7 +59,7 @@ def words_of(fragment):
 def torchrun_commands():
     out = []
     for f, line in doc_lines():
-        for m in re.finditer(r"torchrun (--[^`]*?\S+\.py[^`]*)", line):
+        for m in re.finditer(r"torchrun (--[^`#]*?\S+\.py[^`#]*)", line):  # up to a closing ` or a # comment
             out.append((f, "torchrun " + m.group(1).strip()))
     return out
 
