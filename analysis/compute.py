@@ -317,7 +317,7 @@ class Dynamics(st.Record):
     speedrun: dict = field(default_factory=dict)
 
 
-def _curve_block(conds, kind):
+def curve_block(conds, kind):
     """Aligned curves of the finished runs of each condition: {cond: (grid, matrix, time matrix)}."""
     out = {}
     for c in conds:
@@ -346,16 +346,20 @@ def _nan_to_none(a):
     return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, float)]
 
 
-def training_dynamics(conds, baseline, settings):
-    val = _curve_block(conds, "val")
-    train = _curve_block(conds, "train")
-    # the target is a speedrun convention: applied to the speedrun scripts and plain speedrun logs,
-    # or to anything when the user gave --target
+def target_applies(conds, settings):
+    """The target is a speedrun convention: applied to the speedrun scripts and plain speedrun logs,
+    or to anything when the user gave --target."""
     scripts = {r.script or "" for c in conds for r in c.runs} | {(c.experiment or {}).get("script") or "" for c in conds}
     presets = {str(r.config.get("preset")) for c in conds for r in c.runs if r.config.get("preset")}
-    applies = (settings.get("target_explicit") or any(c.source == "log" for c in conds)
-               or (any(str(s).startswith("train_gpt") for s in scripts) and not presets))
-    out = Dynamics(target=settings["target"], target_applies=bool(applies), train_available=sorted(train))
+    return bool(settings.get("target_explicit") or any(c.source == "log" for c in conds)
+                or (any(str(s).startswith("train_gpt") for s in scripts) and not presets))
+
+
+def training_dynamics(conds, baseline, settings):
+    val = curve_block(conds, "val")
+    train = curve_block(conds, "train")
+    applies = target_applies(conds, settings)
+    out = Dynamics(target=settings["target"], target_applies=applies, train_available=sorted(train))
     for name, (grid, mat, tmat, runs) in val.items():
         cnt, mean, sd = st.mean_sd(mat)
         _, tmean, _ = st.mean_sd(tmat)
@@ -574,6 +578,26 @@ def make_plan(conds, baseline, comparisons, settings, cond_costs, target_applies
     return out
 
 
+def stage_metrics(stage, conds, settings, notes=None):
+    """The metrics of a stage: those requested (--metrics) that a finished run reports, or every
+    metric a finished run reports; a requested metric that none reports gets a note."""
+    found = sorted({m for c in conds for r in c.finished_runs for m in r.metrics}, key=metric_sort_key)
+    if not settings["metrics"]:
+        return found
+    for m in settings["metrics"]:
+        if m not in found and notes is not None:
+            notes.append(f"metric {m!r} (from --metrics) is in no finished run of stage {stage}")
+    return [m for m in settings["metrics"] if m in found]
+
+
+def stages_of(conditions):
+    """[(stage, its conditions)] in stage order (conditions keep their order)."""
+    by_stage = {}
+    for c in conditions:
+        by_stage.setdefault(c.stage, []).append(c)
+    return [(name, by_stage[name]) for name in sorted(by_stage)]
+
+
 def analyse_stage(stage, conds, settings):
     names = [c.name for c in conds]
     baseline = settings["baseline"] if settings["baseline"] in names else None
@@ -589,15 +613,7 @@ def analyse_stage(stage, conds, settings):
         notes.extend(c.notes)
         for r in c.runs:
             notes.extend(r.notes)
-    # metrics: requested, or every metric a finished run reports
-    found = sorted({m for c in conds for r in c.finished_runs for m in r.metrics}, key=metric_sort_key)
-    if settings["metrics"]:
-        metrics = [m for m in settings["metrics"] if m in found]
-        for m in settings["metrics"]:
-            if m not in found:
-                notes.append(f"metric {m!r} (from --metrics) is in no finished run of stage {stage}")
-    else:
-        metrics = found
+    metrics = stage_metrics(stage, conds, settings, notes)
     if baseline is None and len(conds) > 1:
         notes.append(f"stage {stage}: no condition named {settings['baseline']!r}, so no comparisons "
                      f"(conditions: {', '.join(names)}; choose one with --baseline NAME)")
@@ -758,12 +774,9 @@ def caveats(c, alpha=st.ALPHA):
 
 def analyse(conditions, settings):
     """All stages. Returns (results dict, curves for the figures)."""
-    by_stage = {}
-    for c in conditions:
-        by_stage.setdefault(c.stage, []).append(c)
     stages, curves = [], {}
-    for name in sorted(by_stage):
-        res, cv = analyse_stage(name, by_stage[name], settings)
+    for name, conds in stages_of(conditions):
+        res, cv = analyse_stage(name, conds, settings)
         stages.append(res)
         curves[name] = cv
     family = apply_holm(stages)

@@ -17,9 +17,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as sps
 
 from . import stats as st
+
+sps = st.LazyModule("scipy.stats")   # imported on first use (see stats.LazyModule)
 
 POWERS = (0.8, 0.9)
 CAP = 100_000

@@ -16,12 +16,31 @@ Our rules around scipy (tested in tests/test_stats.py):
   two such samples, and the exact difference is reported instead.
 """
 import dataclasses
+import importlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
-from scipy import stats as sps
+
+
+class LazyModule:
+    """A module imported on first attribute access. scipy.stats takes about 1 s to import on a
+    2-core machine; analyze.py starts its figure process (and reads the runs) before paying it."""
+
+    def __init__(self, name):
+        self._name, self._module = name, None
+
+    def __getattr__(self, attr):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+    def __repr__(self):
+        return f"<LazyModule {self._name} ({'imported' if self._module else 'not imported yet'})>"
+
+
+special = LazyModule("scipy.special")
+sps = LazyModule("scipy.stats")
 
 ALPHA = 0.05
 EXACT_LIMIT = 200_000       # enumerate permutations/sign flips exactly up to this many
