@@ -319,8 +319,10 @@ def report_main(argv):
     results_path = os.path.join(outdir, prefix + "results.json")
     csv_path = os.path.join(outdir, prefix + "summary.csv")
     # the figures that need no statistic are handed over first: with a worker process (drawing.py)
-    # they are drawn while this process imports scipy and computes the statistics
-    with drawing.Drawer(drawing.default_processes() if args.figures else 0) as drawer:
+    # they are drawn while this process imports scipy and computes the statistics. A process that
+    # has scipy already (it analysed before) imports matplotlib itself once, for every later worker.
+    processes = drawing.default_processes() if args.figures else 0
+    with drawing.Drawer(processes, import_here="scipy.stats" in sys.modules) as drawer:
         if args.figures:
             submit_data_figures(drawer, conditions, settings, figdir)
             drawer.flush()

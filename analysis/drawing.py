@@ -139,8 +139,13 @@ class Drawer:
     imports matplotlib while this process goes on and draws each batch of jobs with `processes`
     processes (itself and forked copies, draw_batch())."""
 
-    def __init__(self, processes=0):
+    def __init__(self, processes=0, import_here=False):
+        """import_here: import matplotlib in this process first (once per process), so that this
+        worker and every later one start with it; for a process that analyses again and again
+        (tests, bench/bench_analyze.py), not for a one-off run, which has scipy to import meanwhile."""
         self._pool, self._processes, self._pending, self._batches = None, processes, [], []
+        if processes > 0 and import_here:
+            _import_figures()
         if processes > 0:
             import concurrent.futures as cf
             import multiprocessing as mp
