@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.optim.adamw import adamw  # noqa: E402
 
 VARIANTS = ("baseline", "layernorm", "rmsnorm")
 SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -213,14 +214,45 @@ class MiniGPT(nn.Module):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+class FusedAdamW:
+    """torch.optim.AdamW(param groups, lr, betas, eps, fused=True), the same update bit for bit: the same
+    functional call (torch.optim.adamw.adamw, fused kernel: every tensor in one pass on CPU and CUDA)
+    with the same state (fp32 step counter on the parameter's device, zeroed moments). Not built on
+    torch.optim.Optimizer: its constructor imports torch._dynamo, which took 2.1-2.4 s of every run's
+    start-up on the 2-core CPU (bench/RESULTS.md). Only step() and zero_grad() (grads to None)."""
+
+    def __init__(self, groups, lr, betas, eps):
+        """groups: (list of parameters, weight decay) pairs."""
+        self.groups, self.lr, self.betas, self.eps = groups, lr, betas, eps
+        self.state = {}
+
+    @torch.no_grad()
+    def step(self):
+        for params, weight_decay in self.groups:
+            params = [p for p in params if p.grad is not None]
+            for p in params:
+                if p not in self.state:  # (step, exp_avg, exp_avg_sq), created as AdamW does
+                    self.state[p] = (torch.zeros((), dtype=torch.float32, device=p.device),
+                                     torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     torch.zeros_like(p, memory_format=torch.preserve_format))
+            steps = [self.state[p][0] for p in params]
+            exp_avgs = [self.state[p][1] for p in params]
+            exp_avg_sqs = [self.state[p][2] for p in params]
+            adamw(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, fused=True,
+                  amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+                  weight_decay=weight_decay, eps=self.eps, maximize=False)
+
+    def zero_grad(self):
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
+
+
 def make_optimizer(model, lr, betas, weight_decay, device):
     """AdamW; weight decay on matrices (incl. the embeddings), none on biases and norm gains (GPT-3)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel updates every tensor in one pass (CPU and CUDA): no per-parameter Python loop.
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=True)
+    return FusedAdamW([(decay, weight_decay), (no_decay, 0.0)], lr=lr, betas=betas, eps=1e-8)
 
 
 def class_counts(logits, targets, num_classes):
@@ -465,7 +497,7 @@ def train(args, device, data, run, progress):
         elif measure:
             progress.grad_norm = grad_norm(model)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         losses[step] = loss.detach()
         validate_now = (args.val_every > 0 and done % args.val_every == 0) or done == N
         if measure or validate_now:

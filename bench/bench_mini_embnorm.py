@@ -80,7 +80,7 @@ def make_step(name, args, device):
             loss = run(x[:, :-1], x[:, 1:])
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         sync(device)
 
     t0, c0 = time.perf_counter(), time.process_time()

@@ -82,6 +82,46 @@ def test_accuracy_and_macro_accuracy_by_hand():
     assert macro == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
 
 
+def test_the_optimizer_is_torch_adamw_fused_bit_for_bit():
+    """make_optimizer's FusedAdamW against torch.optim.AdamW(fused=True) with the same two groups: the
+    same parameters and moments, to the bit, after several steps from the same start."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        models.append(mini.MiniGPT("layernorm", vocab_size=128, seq_len=16, n_layer=2, dim=32, n_head=4))
+    start = [p.detach().clone() for p in models[0].parameters()]
+    ours = mini.make_optimizer(models[0], 1e-2, (0.9, 0.95), 0.1, torch.device("cpu"))
+    decay = [p for p in models[1].parameters() if p.dim() >= 2]
+    no_decay = [p for p in models[1].parameters() if p.dim() < 2]
+    ref = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        idx = torch.randint(0, 128, (2, 17), generator=g)
+        for model, opt in ((models[0], ours), (models[1], ref)):
+            model(idx[:, :-1], idx[:, 1:]).backward()
+            opt.step()
+            opt.zero_grad()
+    pairs = list(zip(models[0].named_parameters(), models[1].parameters()))
+    for (name, a), b in pairs:
+        assert torch.equal(a, b), name
+        step, exp_avg, exp_avg_sq = ours.state[a]
+        assert step.item() == ref.state[b]["step"].item() == 4
+        assert torch.equal(exp_avg, ref.state[b]["exp_avg"]) and torch.equal(exp_avg_sq, ref.state[b]["exp_avg_sq"])
+        assert a.grad is None
+    assert not any(torch.equal(a, s) for ((_, a), _), s in zip(pairs, start))  # every tensor was updated
+
+
+def test_training_does_not_import_torch_dynamo(data_dir, tmp_path):
+    """The reason FusedAdamW exists: torch.optim.Optimizer's constructor imports torch._dynamo (seconds
+    of start-up per run). A fresh process runs a whole training run without importing it."""
+    code = ("import sys, train_mini_embnorm as m; "
+            f"rc = m.main({[*TINY, '--data_dir', data_dir, '--out_dir', str(tmp_path / 'r')]!r}); "
+            "print('rc', rc, 'dynamo', 'torch._dynamo' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip().splitlines()[-1] == "rc 0 dynamo False", p.stdout + p.stderr
+
+
 def run(data_dir, out_dir, *extra):
     return subprocess.run([sys.executable, os.path.join(REPO, "train_mini_embnorm.py"), *TINY,
                            "--data_dir", data_dir, "--out_dir", str(out_dir), *extra],
