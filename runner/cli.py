@@ -16,9 +16,12 @@ from .plan import Node, Options, UsageError, make_plan, sweep_warmdown_ratio
 from .stages import Condition, PlanError, StageSpec, load_all, load_builtin
 
 PROG = "run_experiments.sh"
-# The demo's iteration counts, chosen by measurement on 2 CPU cores (bench/RESULTS.md).
-DEMO_TINY_ITERS_DEFAULT = 60
-DEMO_EMBNORM_ITERS_DEFAULT = 100
+# The demo's counts, chosen by measurement on 2 CPU cores (bench/RESULTS.md, "The demo's counts"):
+# tiny iterations (also plans/tiny.toml's num_iterations), embnorm iterations, and how many of the
+# embnorm study's seeds the demo runs (the first ones).
+DEMO_TINY_ITERS_DEFAULT = 50
+DEMO_EMBNORM_ITERS_DEFAULT = 60
+DEMO_EMBNORM_SEEDS_DEFAULT = 4
 SPECIAL = {"demo": 70, "sweep": 90, "plan": 95}  # stages built in code (their --help position)
 RUNNER_SET_FLAGS = ("seed", "out_dir", "device", "resume", "save_every", "compile")
 
@@ -188,9 +191,17 @@ def parse_args(argv, env=None):
 
 # ----------------------------------------------------------------------------- stages
 
-def demo_iters(env):
-    return (int(env.get("DEMO_TINY_ITERS") or DEMO_TINY_ITERS_DEFAULT),
-            int(env.get("DEMO_EMBNORM_ITERS") or DEMO_EMBNORM_ITERS_DEFAULT))
+def demo_counts(env):
+    """(tiny iterations, embnorm iterations, embnorm seeds) of the demo: the DEMO_TINY_ITERS,
+    DEMO_EMBNORM_ITERS and DEMO_EMBNORM_SEEDS environment variables, else the defaults above."""
+    counts = []
+    for var, default in (("DEMO_TINY_ITERS", DEMO_TINY_ITERS_DEFAULT), ("DEMO_EMBNORM_ITERS", DEMO_EMBNORM_ITERS_DEFAULT),
+                         ("DEMO_EMBNORM_SEEDS", DEMO_EMBNORM_SEEDS_DEFAULT)):
+        value = env.get(var) or str(default)
+        if not (is_int(value) and int(value) >= 1):
+            die(f"{var}: '{value}' is not a positive integer")
+        counts.append(int(value))
+    return tuple(counts)
 
 
 def sweep_spec(a):
@@ -210,7 +221,7 @@ def stage_names(env=None):
 
 
 def usage(env=None):
-    tiny, emb = demo_iters(os.environ if env is None else env)
+    tiny, emb, emb_seeds = demo_counts(os.environ if env is None else env)
     lines = ["""Usage: ./run_experiments.sh STAGE [options] [-- extra trainer flags]
        ./run_experiments.sh preflight STAGE [options]   # will STAGE run here, and what will it cost?
 
@@ -303,7 +314,7 @@ Options:
 Everything after -- is passed to every trainer (and recorded in experiment.json as an override).
 
 Environment: CUDA_VISIBLE_DEVICES, when set, is kept; otherwise it is set to the GPUs nvidia-smi lists
-(empty on CPU) before any Python starts, and each run gets its own GPUs from it. DEMO_TINY_ITERS / DEMO_EMBNORM_ITERS set the demo's counts ({tiny} / {emb}).
+(empty on CPU) before any Python starts, and each run gets its own GPUs from it. DEMO_TINY_ITERS / DEMO_EMBNORM_ITERS set the demo's counts ({tiny} / {emb}), DEMO_EMBNORM_SEEDS how many embnorm seeds it runs ({emb_seeds}).
 Runs go seed by seed across the variants. More: docs/runner.md. Exit codes: 0 all runs ok, 1 some run not ok, 2 bad usage, 130 interrupted.""")
     return "\n".join(lines)
 

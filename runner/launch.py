@@ -20,8 +20,7 @@ import sys
 import time
 
 from . import runinfo
-from .cli import (DEMO_EMBNORM_ITERS_DEFAULT, DEMO_TINY_ITERS_DEFAULT, build_options, die, node_from_env, note,
-                  torch_available)
+from .cli import build_options, demo_counts, die, node_from_env, note, torch_available
 from .plan import UsageError, cmd_string, launch_argv, make_plan, place, shell_line, uses_torchrun
 from .stages import PlanError, load_builtin
 
@@ -341,8 +340,7 @@ class Stage:
     def demo_specs(self):
         """The demo: tiny (already self.spec) then the embnorm study at the demo's count."""
         a, env = self.a, self.env
-        tiny_iters = int(env.get("DEMO_TINY_ITERS") or DEMO_TINY_ITERS_DEFAULT)
-        emb_iters = int(env.get("DEMO_EMBNORM_ITERS") or DEMO_EMBNORM_ITERS_DEFAULT)
+        tiny_iters, emb_iters, emb_seeds = demo_counts(env)
         why = ", sized for about 10 minutes on 2 CPU cores (docs/runner.md)" if not a.iterations else " (--iterations)"
         note(f"demo: tiny baseline vs palm at {a.iterations or tiny_iters} iterations (the preset's own: 150) and the "
              f"embnorm study at {a.iterations or emb_iters} (its design: 300){why}")
@@ -355,10 +353,16 @@ class Stage:
             die(str(e))
         emb.flags = ["--num_iterations", str(emb_iters)]
         n = int(a.iterations) if a.iterations else emb_iters
-        if n != 300:
+        design_seeds = emb.seeds
+        if not a.seeds:  # --seeds, when given, sets both halves' seeds
+            emb.seeds = design_seeds[:emb_seeds]
+        if n != 300 or emb.seeds != design_seeds:
             note(f"note: the demo's embnorm study uses {n} iterations, written to embnorm_demo/ (the study's design "
                  "is 300: ./run_experiments.sh embnorm)")
             emb.dir_name = "embnorm_demo"
+        if emb.seeds != design_seeds:
+            note(f"note: it runs seeds {' '.join(map(str, emb.seeds))} of the study's {len(design_seeds)} "
+                 "(DEMO_EMBNORM_SEEDS)")
         return [emb]
 
     def decide(self, r):

@@ -353,7 +353,9 @@ def test_demo_with_fakes_ends_with_the_report(fake_repo, tmp_path):
     assert any(line.startswith("embnorm") for line in report)
     assert sorted(os.listdir(logs / "tiny")) == ["baseline", "palm"]
     seen = starts(tmp_path)
-    assert len(seen) == 6 + 15  # tiny: 2 variants x 3 seeds; embnorm: 3 variants x 5 seeds
+    assert len(seen) == 6 + 12  # tiny: 2 variants x 3 seeds; embnorm: 3 variants x the demo's 4 seeds
+    emb_seeds = {r["argv"][r["argv"].index("--seed") + 1] for r in seen if "embnorm_demo" in " ".join(r["argv"])}
+    assert emb_seeds == {"42", "43", "44", "45"}  # the first 4 of the study's 5 (DEMO_EMBNORM_SEEDS)
     assert all(r["argv"][r["argv"].index("--device") + 1] == "cpu" for r in seen)
     # two runs side by side by default, sharing the cores
     assert {r["OMP_NUM_THREADS"] for r in seen} == {str(max(1, os.cpu_count() // 2))}

@@ -80,9 +80,14 @@ def packed_runs(stdout):
     return runs
 
 
+# The bash runner's demo counts, given to every case that sets none: the defaults have changed since
+# (runner/cli.py; test_the_demo_runs_its_default_counts checks them).
+BASH_DEMO_COUNTS = {"DEMO_TINY_ITERS": "60", "DEMO_EMBNORM_ITERS": "100", "DEMO_EMBNORM_SEEDS": "5"}
+
+
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[" ".join(c["argv"][:4]) + f" gpus={c['gpus']}" for c in CASES])
 def test_dry_run_matches_the_bash_runner(i, tmp_path, capsys):
-    case = CASES[i]
+    case = dict(CASES[i], env={**BASH_DEMO_COUNTS, **CASES[i]["env"]})
     new = run_inprocess(case, tmp_path, capsys)
     if case["argv"][0] == "--help":
         # the new options (--no-pack, --usd-per-gpu-hour, preflight) add lines; every old line stays
@@ -133,6 +138,36 @@ def test_dry_run_matches_the_bash_runner(i, tmp_path, capsys):
         assert sum(map(len, sets)) == len(set().union(*sets)), f"wave {wave} shares a GPU"
         ports = [re.search(r"rdzv_endpoint=(\S+)", c).group(1) for _, c, w in runs if w == wave and "rdzv" in c]
         assert len(ports) == len(set(ports))
+
+
+def test_the_demo_runs_its_default_counts(tmp_path, capsys):
+    """No DEMO_* variables: tiny at DEMO_TINY_ITERS_DEFAULT iterations (plans/tiny.toml's own count, so the
+    tiny stage run alone matches), embnorm at DEMO_EMBNORM_ITERS_DEFAULT on its first DEMO_EMBNORM_SEEDS_DEFAULT
+    seeds, written to embnorm_demo/."""
+    tiny, emb, n_seeds = cli.DEMO_TINY_ITERS_DEFAULT, cli.DEMO_EMBNORM_ITERS_DEFAULT, cli.DEMO_EMBNORM_SEEDS_DEFAULT
+    spec = load_builtin("tiny", env={})
+    warmdown = scaled_warmdown(tiny, spec.warmdown_ratio)
+    assert spec.flags == ["--preset", "tiny", "--num_iterations", str(tiny), "--warmdown_iters", str(warmdown)]
+    out = run_inprocess({"argv": ["demo", "--dry-run"], "gpus": 0, "env": {}}, tmp_path, capsys)
+    assert out["rc"] == 0, out
+    cmds = [ln for ln in out["stdout"].splitlines() if "&& CUDA_VISIBLE_DEVICES=" in ln]
+    tiny_cmds = [c for c in cmds if "train_gpt" in c]
+    emb_cmds = [c for c in cmds if "train_mini_embnorm.py" in c]
+    assert len(tiny_cmds) == 6 and len(emb_cmds) == 3 * n_seeds == len(cmds) - 6
+    assert all(f"--num_iterations {tiny} --warmdown_iters {warmdown} " in c for c in tiny_cmds)
+    assert all(f"--num_iterations {emb} " in c and "/embnorm_demo/" in c for c in emb_cmds)
+    seeds = load_builtin("embnorm").seeds[:n_seeds]
+    assert sorted({int(re.search(r"--seed (\d+)", c).group(1)) for c in emb_cmds}) == seeds
+    assert f"note: it runs seeds {' '.join(map(str, seeds))} of the study's 5 (DEMO_EMBNORM_SEEDS)" in out["stdout"]
+    assert f"at {tiny} iterations" in out["stdout"] and f"the embnorm study at {emb} " in out["stdout"]
+
+
+@pytest.mark.parametrize("var, value", [("DEMO_EMBNORM_SEEDS", "0"), ("DEMO_EMBNORM_SEEDS", "two"),
+                                        ("DEMO_EMBNORM_ITERS", "x")])
+def test_a_bad_demo_count_is_one_line(var, value, tmp_path, capsys):
+    out = run_inprocess({"argv": ["demo", "--dry-run"], "gpus": 0, "env": {var: value}}, tmp_path, capsys)
+    assert out["rc"] == 2 and out["stdout"] == ""
+    assert out["stderr"] == f"run_experiments.sh: {var}: '{value}' is not a positive integer\n"
 
 
 def test_the_shell_entry_gives_the_same_dry_run(tmp_path):

@@ -13,7 +13,7 @@ from test_runner import run
 
 import sys
 sys.path.insert(0, REPO)
-from runner import preflight  # noqa: E402
+from runner import cli, preflight  # noqa: E402
 
 
 def scripts_with_data(tmp_path, data=True):
@@ -38,7 +38,8 @@ def test_preflight_tiny_passes_on_valid_data(tmp_path):
             env={"OMP_NUM_THREADS": "1", "RUNNER_PREFLIGHT_TIMEOUT_S": "400"}, timeout=900)  # a busy test machine
     assert p.returncode == 0, p.stdout + p.stderr
     assert "gloo, 2 processes: the sum is right" in table_rows(p.stdout, "all_reduce")[0]
-    assert "60 steps x 4,096 tokens fit without repeating" in p.stdout  # tiny preset: batch 32 x 128
+    # the tiny stage's steps (plans/tiny.toml = the demo's count), tiny preset: batch 32 x 128
+    assert f"{cli.DEMO_TINY_ITERS_DEFAULT} steps x 4,096 tokens fit without repeating" in p.stdout
     (model,) = table_rows(p.stdout, "model")
     assert " go " in model and "s/step" in model
     (proj,) = table_rows(p.stdout, "projection")
