@@ -137,7 +137,7 @@ def condition_config(cond):
     merged = {}
     if configs:
         keys = set().union(*configs)
-        for k in keys:
+        for k in sorted(keys):   # sorted: a set's order changes from one process to the next (hash seed)
             vals = {repr(c.get(k)) for c in configs if k in c}
             if len(vals) == 1:
                 merged[k] = next(c[k] for c in configs if k in c)

@@ -229,6 +229,23 @@ def test_same_inputs_same_bytes(tmp_path):
     assert b1["diff"] == b2["diff"] and b1["diff_low"] != b2["diff_low"]   # the seed drives resampling only
 
 
+def test_same_bytes_from_processes_with_different_hash_seeds(tmp_path):
+    # a set's iteration order depends on PYTHONHASHSEED; results.json once listed config keys in it
+    import subprocess
+    logs = tmp_path / "logs"
+    for name, lr in (("baseline", "0.001"), ("v", "0.002")):
+        write_condition(str(logs / "s" / name), "s", name, seeds=[1, 2], final=3.30, sd=0.003, steps=100, val_every=50,
+                        overrides={"learning_rate": lr})
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed / "report.md"
+        subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "--logs", str(logs), "--out", str(out),
+                        "--resamples", "200", "--no-figures"], check=True, capture_output=True,
+                       env=dict(os.environ, PYTHONHASHSEED=seed))
+        outs.append((out.parent / "results.json").read_text().replace(str(out.parent), ""))
+    assert '"config": {' in outs[0] and outs[0] == outs[1]
+
+
 def test_nothing_to_analyse_exits_nonzero_saying_where(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
