@@ -64,11 +64,28 @@ def assign_gpus(n_concurrent, gpu_ids):
                  f"({detail}); their timings are not those of a GPU alone")
 
 
-def measure_peak_flops(dtype=torch.bfloat16, n=2048, repeats=7, device="cpu"):
+def matmul_size(probe_s, probe_n, n, max_call_s):
+    """The largest of n, n/2, n/4, ... (not below probe_n) whose n x n x n matmul should take at most
+    `max_call_s`, scaling the probe's time by the cube of the size. A dtype without a fast kernel (bf16 on
+    many CPUs: 0.3 GFLOP/s here) would otherwise spend about a minute on each 2048 matmul."""
+    while n > probe_n and probe_s * (n / probe_n) ** 3 > max_call_s:
+        n //= 2
+    return n
+
+
+def measure_peak_flops(dtype=torch.bfloat16, n=2048, repeats=7, device="cpu", max_call_s=2.0):
     """Median FLOP/s of an n x n x n matmul (2 n^3 FLOPs) over `repeats` timed calls after warm-up,
-    on `device` (a CPU or one GPU)."""
+    on `device` (a CPU or one GPU); n is halved while one call would take longer than `max_call_s`."""
     device = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    probe_n = min(n, 256)
+    p = torch.randn(probe_n, probe_n, device=device).to(dtype)
+    torch.mm(p, p)
+    sync()
+    t0 = time.perf_counter()
+    torch.mm(p, p)
+    sync()
+    n = matmul_size(time.perf_counter() - t0, probe_n, n, max_call_s)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):

@@ -340,3 +340,13 @@ def test_bench_study_defaults_to_cpu_and_gives_each_cuda_run_its_own_gpu(tmp_pat
     assert bench.run_study(bench.parse_args(["--study", "--seeds", "1", "--variants", "baseline",
                                              "--study_dir", str(tmp_path / "cpu")])) == 0
     assert started[0][0][started[0][0].index("--device") + 1] == "cpu" and started[0][1] is None
+
+
+def test_peak_matmul_size_shrinks_for_a_slow_dtype_by_hand():
+    # a 256 matmul in 0.11 s (bf16 at ~0.3 GFLOP/s): 2048 would take 0.11 * 8^3 = 56 s, 1024 7 s, 512 0.88 s
+    assert peak.matmul_size(0.11, 256, 2048, 2.0) == 512
+    # fast enough (fp32 at ~40 GFLOP/s: 0.84 ms at 256, 0.43 s at 2048): the requested size stays
+    assert peak.matmul_size(0.00084, 256, 2048, 2.0) == 2048
+    # never below the probe's size, whatever the time
+    assert peak.matmul_size(10.0, 256, 2048, 2.0) == 256
+    assert peak.matmul_size(10.0, 128, 128, 2.0) == 128
