@@ -24,8 +24,6 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .drawing import file_stem, slug  # noqa: E402,F401  (file names of the figures, kept importable from here)
-
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
 _MAX_THIN_RUNS = 40       # individual runs drawn behind each mean curve
